@@ -1,0 +1,88 @@
+"""``Pack``: the contract between the data loader and the training step.
+
+One pack is one micro-batch in THD layout: several samples laid end to end in a single sequence
+of ``T`` tokens, their boundaries in ``cu_seqlens``. At the model's door it becomes megatron-core's
+``PackedSeqParams(qkv_format="thd")``.
+
+Labels are already shifted per sample (``labels[i]`` is the token that follows ``tokens[i]``
+inside the same sample), so a label never crosses a sample boundary: the last position of each
+sample, image positions, padding and non-assistant text carry ``IGNORE_INDEX`` and weight 0.
+
+Example with two samples of lengths 3 and 2 (``I`` = IGNORE_INDEX)::
+
+    tokens       = [a0 a1 a2 b0 b1]
+    labels       = [a1 a2 I  b1 I ]
+    position_ids = [0  1  2  0  1 ]
+    cu_seqlens   = [0, 3, 5]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Pack:
+    tokens: torch.Tensor  # [T] int64
+    labels: torch.Tensor  # [T] int64, IGNORE_INDEX where no loss
+    loss_weights: torch.Tensor  # [T] float32, 0 where labels == IGNORE_INDEX
+    cu_seqlens: torch.Tensor  # [S + 1] int32, cu_seqlens[-1] == T
+    position_ids: torch.Tensor  # [T] int64, restarting at 0 for each sample
+    images: torch.Tensor  # [K, 3, H, W] float32, in order of appearance
+    sample_ids: list[str] = field(default_factory=list)  # one per segment that is a sample
+    images_per_sample: list[int] = field(default_factory=list)  # aligned with sample_ids
+    # Slots that hold no sample (alignment padding folded into the last segment, or a trailing
+    # padding segment); real tokens = T - num_padding.
+    num_padding: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def num_real_tokens(self) -> int:
+        return self.num_tokens - self.num_padding
+
+    @property
+    def max_seqlen(self) -> int:
+        return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max().item())
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first broken invariant."""
+        t = self.num_tokens
+        for name in ("labels", "loss_weights", "position_ids"):
+            if getattr(self, name).shape != (t,):
+                raise ValueError(f"Pack.{name} has shape {tuple(getattr(self, name).shape)}, expected ({t},)")
+        cu = self.cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != t or any(b <= a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"Pack.cu_seqlens {cu} must rise strictly from 0 to {t}")
+        if len(self.sample_ids) != len(self.images_per_sample):
+            raise ValueError("Pack.sample_ids and Pack.images_per_sample differ in length")
+        if sum(self.images_per_sample) != self.images.shape[0]:
+            raise ValueError(f"Pack holds {self.images.shape[0]} images but images_per_sample sums to "
+                             f"{sum(self.images_per_sample)}")
+
+    @staticmethod
+    def concat(packs: list["Pack"]) -> "Pack":
+        """Lay several packs end to end as one THD micro-batch (attention stays per segment)."""
+        if len(packs) == 1:
+            return packs[0]
+        offsets, cu = 0, [torch.zeros(1, dtype=torch.int32)]
+        for p in packs:
+            cu.append(p.cu_seqlens[1:] + offsets)
+            offsets += p.num_tokens
+        return Pack(
+            tokens=torch.cat([p.tokens for p in packs]),
+            labels=torch.cat([p.labels for p in packs]),
+            loss_weights=torch.cat([p.loss_weights for p in packs]),
+            cu_seqlens=torch.cat(cu).to(torch.int32),
+            position_ids=torch.cat([p.position_ids for p in packs]),
+            images=torch.cat([p.images for p in packs]),
+            sample_ids=[s for p in packs for s in p.sample_ids],
+            images_per_sample=[n for p in packs for n in p.images_per_sample],
+            num_padding=sum(p.num_padding for p in packs),
+        )

@@ -1,0 +1,147 @@
+"""InfiMedModel: SigLIP-style ViT → image-token reduction → MLP projector → Qwen3-style decoder.
+
+The decoder is megatron-core's ``GPTModel``; the vision encoder is its ``CLIPViTModel`` (SigLIP
+subtype) and the projector its ``MultimodalProjector``. This file only wires them together:
+
+1. the first pipeline stage embeds the text and writes the projected image tokens over the
+   positions that hold ``image_token_id`` (in order of appearance);
+2. the decoder runs on the packed sequence (``PackedSeqParams``, THD): RoPE positions restart
+   and attention stays inside each sample;
+3. the last stage returns the per-token loss (``labels`` given) or the logits.
+
+Tensors follow megatron's shapes: tokens ``[1, T]`` (one packed row), hidden ``[T, 1, H]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.vision.clip_vit_model import CLIPViTModel
+from megatron.core.models.vision.multimodal_projector import MultimodalProjector
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.model import specs
+from megatron_infimed.model.token_reduction import reduce_image_tokens, reduced_channels, tokens_per_image
+
+
+class InfiMedModel(MegatronModule):
+    def __init__(self, config: ModelConfig, *, pre_process: bool = True, post_process: bool = True,
+                 parallel: dict | None = None, transformer_impl: str = "local",
+                 dtype: torch.dtype = torch.float32, vp_stage: int | None = None):
+        parallel = parallel or {}
+        lang_tc = specs.language_transformer_config(config, parallel, dtype)
+        super().__init__(config=lang_tc)
+        self.model_config = config
+        self.pre_process, self.post_process = pre_process, post_process
+        self.image_tokens = tokens_per_image(config)
+        self.share_embeddings_and_output_weights = config.language.tie_word_embeddings
+        self.language_model = GPTModel(
+            config=lang_tc, transformer_layer_spec=specs.language_layer_spec(transformer_impl),
+            vocab_size=config.language.vocab_size,
+            max_sequence_length=config.language.max_position_embeddings,
+            pre_process=pre_process, post_process=post_process,
+            share_embeddings_and_output_weights=config.language.tie_word_embeddings,
+            position_embedding_type="rope", rotary_base=config.language.rotary_base,
+            vp_stage=vp_stage,
+        )
+        self.vision_model = self.projector = None
+        if pre_process:
+            vis = config.vision
+            self.vision_model = CLIPViTModel(
+                specs.vision_transformer_config(config, parallel, dtype),
+                specs.vision_layer_spec(transformer_impl),
+                ln_pre_impl=specs.vision_norm(transformer_impl), ln_post_impl=specs.vision_norm(transformer_impl),
+                add_class_token=False, class_token_len=0, patch_dim=vis.patch_size,
+                img_h=vis.image_size, img_w=vis.image_size, model_subtype="siglip",
+            )
+            self.projector = MultimodalProjector(
+                specs.projector_transformer_config(config, parallel, dtype),
+                specs.projector_spec(transformer_impl), projector_type="mlp",
+                input_size=reduced_channels(config),
+            )
+
+    # megatron's schedules hand the previous stage's activations to the first module of a chunk.
+    def set_input_tensor(self, input_tensor) -> None:
+        if isinstance(input_tensor, list):
+            input_tensor = input_tensor[0]
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """[K, 3, H, W] pixels → [K × tokens_per_image, H_lang] embeddings for the decoder."""
+        patches = self.vision_model(images)  # [K, grid², C]
+        reduced = reduce_image_tokens(patches, self.model_config)
+        return self.projector(reduced.reshape(-1, reduced.shape[-1]))
+
+    def embed(self, tokens: Tensor, position_ids: Tensor, images: Tensor | None,
+              images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
+              cu_seqlens: Tensor | None = None) -> Tensor:
+        """Text embeddings with image embeddings written over the image-token positions: [T, 1, H]."""
+        is_image = tokens[0] == self.model_config.image_token_id
+        num_images = 0 if images is None else images.shape[0]
+        self._check_image_count(is_image, num_images, images_per_sample, sample_ids, cu_seqlens)
+        embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
+        if num_images == 0:
+            return embeddings
+        features = self.encode_images(images.to(embeddings.dtype)).to(embeddings.dtype)
+        mask = is_image.view(-1, 1, 1).expand_as(embeddings)
+        return embeddings.masked_scatter(mask, features)
+
+    def _check_image_count(self, is_image, num_images, images_per_sample, sample_ids, cu_seqlens):
+        found = int(is_image.sum())
+        if found == num_images * self.image_tokens:
+            return
+        where = ""
+        if images_per_sample and sample_ids and cu_seqlens is not None:
+            bounds = cu_seqlens.tolist()
+            for i, (sid, n) in enumerate(zip(sample_ids, images_per_sample)):
+                got = int(is_image[bounds[i]:bounds[i + 1]].sum())
+                if got != n * self.image_tokens:
+                    where = (f" in sample '{sid}': {got} image tokens for {n} image(s), expected "
+                             f"{n * self.image_tokens}")
+                    break
+        raise ValueError(f"image placeholder / image count mismatch{where or ''}: the batch holds "
+                         f"{found} image tokens (= {found / self.image_tokens:g} images at "
+                         f"{self.image_tokens} tokens each) but {num_images} image(s)")
+
+    def check_lengths(self, cu_seqlens: Tensor, sample_ids: list[str] | None) -> None:
+        limit = self.model_config.language.max_position_embeddings
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        for i, length in enumerate(lengths):
+            if length > limit:
+                name = sample_ids[i] if sample_ids and i < len(sample_ids) else f"segment {i}"
+                raise ValueError(f"sample '{name}' has {length} tokens, longer than the model's maximum "
+                                 f"sequence length {limit} (language.max_position_embeddings)")
+
+    def forward(self, tokens: Tensor, position_ids: Tensor, *, images: Tensor | None = None,
+                packed_seq_params: PackedSeqParams | None = None, labels: Tensor | None = None,
+                images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """Per-token loss ``[1, T]`` when ``labels`` is given on the last stage, else logits
+        (last stage) or hidden states (other stages)."""
+        cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
+        decoder_input = None
+        if self.pre_process:
+            if cu_seqlens is not None:
+                self.check_lengths(cu_seqlens, sample_ids)
+            decoder_input = self.embed(tokens, position_ids, images, images_per_sample, sample_ids, cu_seqlens)
+        if labels is not None:
+            # Ignored positions carry weight 0 in the loss; megatron's cross entropy wants a valid id.
+            labels = labels.clamp(min=0)
+        return self.language_model(
+            input_ids=tokens, position_ids=position_ids, attention_mask=attention_mask,
+            decoder_input=decoder_input, labels=labels, packed_seq_params=packed_seq_params,
+        )
+
+
+def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int) -> PackedSeqParams:
+    """The THD description megatron-core's attention and RoPE read."""
+    cu = cu_seqlens.to(torch.int32)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)

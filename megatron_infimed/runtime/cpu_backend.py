@@ -1,0 +1,107 @@
+"""Run megatron-core on the CPU: the one place that knows a machine may have no GPU.
+
+megatron-core assumes CUDA in three ways, and each is answered here:
+
+| assumption                                  | on the CPU backend                                   |
+|---------------------------------------------|------------------------------------------------------|
+| tensors are made with ``device="cuda"`` or  | a ``TorchFunctionMode`` sends them to the CPU         |
+| ``torch.cuda.current_device()`` / ``.cuda()``|                                                      |
+| the "CUDA" RNG tracker forks a GPU generator | the fork runs on the CPU default generator, so       |
+|                                             | ``tracker.fork()`` still gives a separate stream      |
+| ``torch.cuda.synchronize`` / events exist    | no-ops                                               |
+| grad clipping asserts CUDA float tensors     | the same in-place scaling without the assertion       |
+
+Collectives use gloo. Core attention must not use megatron-core's CUDA global memory buffer:
+our ``PackedDotProductAttention`` does not. Nothing else in the package checks for cpu vs cuda
+beyond ``runtime.distributed`` choosing this backend at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_ACTIVE_MODE: "_CudaToCpuMode | None" = None
+
+
+def _is_cuda_device(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    # megatron passes torch.cuda.current_device(), an int on a real GPU.
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA device arguments to the CPU for every torch call made while active."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in (torch.Tensor.cuda,):
+            return args[0]
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = "cpu"
+        if func in (torch.Tensor.to,) and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+def _set_rng_state(new_state: torch.Tensor, device=-1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
+
+
+@torch.no_grad()
+def _clip_grad_by_total_norm(parameters, max_norm: float, total_norm: float, use_decoupled_grad: bool = False):
+    """megatron's clip asserts ``torch.cuda.FloatTensor``; same scaling, any device."""
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0:
+        for param in parameters:
+            grad = getattr(param, attr, None)
+            if grad is not None:
+                grad.mul_(clip_coeff)
+
+
+def enable() -> None:
+    """Install the CPU backend for this process (idempotent)."""
+    global _ACTIVE_MODE
+    if _ACTIVE_MODE is not None:
+        return
+    if torch.cuda.is_available():
+        raise RuntimeError("the CPU backend must not be enabled on a machine with a GPU")
+    import megatron.core.optimizer.optimizer as mcore_optimizer
+    import megatron.core.tensor_parallel.random as mcore_random
+
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.synchronize = lambda device=None: None
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda new_state, device="cuda": torch.set_rng_state(new_state)
+    # Only the RNG tracker calls this to seed its streams; it restores the state afterwards.
+    torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
+    torch.cuda.nvtx.range_push = lambda *a, **k: None
+    torch.cuda.nvtx.range_pop = lambda *a, **k: None
+    # megatron's own setter defers to torch.cuda._lazy_call, which never runs without CUDA.
+    mcore_random._set_cuda_rng_state = _set_rng_state
+    mcore_optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
+    _ACTIVE_MODE = _CudaToCpuMode()
+    _ACTIVE_MODE.__enter__()
+
+
+def is_enabled() -> bool:
+    return _ACTIVE_MODE is not None
+
+
+@contextlib.contextmanager
+def suspended():
+    """Leave the redirection off for a block (e.g. code that must see real devices)."""
+    if _ACTIVE_MODE is None:
+        yield
+        return
+    _ACTIVE_MODE.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        _ACTIVE_MODE.__enter__()

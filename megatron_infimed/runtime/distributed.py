@@ -1,0 +1,112 @@
+"""Start the distributed world from torchrun or SLURM and set up megatron-core's parallel state.
+
+| launcher          | rank / world / local rank                    | master address                    |
+|-------------------|----------------------------------------------|-----------------------------------|
+| torchrun          | RANK, WORLD_SIZE, LOCAL_RANK                 | MASTER_ADDR, MASTER_PORT          |
+| srun (no torchrun)| SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID     | first host of SLURM_JOB_NODELIST  |
+| plain python      | 0, 1, 0                                      | 127.0.0.1 and a free port         |
+
+NCCL with one GPU per process when CUDA is present; otherwise gloo and the CPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from megatron_infimed.runtime import cpu_backend
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: ``gpu-[003-005,9],cpu1`` → ``gpu-003``."""
+    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}'")
+    prefix, _, ranges = match.groups()
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_from_env(env: dict[str, str] | None = None) -> WorldInfo:
+    env = dict(os.environ if env is None else env)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return WorldInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodelist:
+            raise ValueError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not; cannot find the master host")
+        # A port derived from the job id lets every task agree without talking first.
+        port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return WorldInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                         env.get("MASTER_ADDR", first_slurm_host(nodelist)), port)
+    return WorldInfo(0, 1, 0, "127.0.0.1", _free_port())
+
+
+def initialize(parallel: ParallelConfig, seed: int) -> WorldInfo:
+    """Initialise torch.distributed and megatron-core parallel state; returns this process's place."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    world = world_from_env()
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank)
+    else:
+        cpu_backend.enable()
+    model_parallel = (parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size
+                      * parallel.context_parallel_size)
+    if world.world_size % model_parallel:
+        raise ValueError(f"world size {world.world_size} is not divisible by TP×PP×CP = {model_parallel}")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{world.master_addr}:{world.master_port}",
+            rank=world.rank, world_size=world.world_size,
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    # On the CPU the tracker seeding above touched the default generator: give it a known state.
+    torch.manual_seed(seed)
+    return world
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        parallel_state.destroy_model_parallel()
+        torch.distributed.destroy_process_group()

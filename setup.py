@@ -1,0 +1,47 @@
+"""megatron-infimed: a Megatron-style training codebase for medical vision-language models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-infimed",
+    version="0.1.0",
+    description="InfiMed-Foundation style medical VLM training on megatron-core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_infimed", "megatron_infimed.*"]),
+    include_package_data=True,
+    package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "convert/hf_files/*.py"]},
+    install_requires=[
+        # No upper pin: clusters bring their own CUDA build of torch.
+        "torch>=2.6",
+        "megatron-core==0.16.1",
+        "numpy",
+        "sentencepiece",
+        "tokenizers",
+        "webdataset",
+        "pillow",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+        # dist_checkpointing's async/process utilities import it.
+        "psutil",
+    ],
+    extras_require={
+        # NVIDIA Apex is optional and never listed: the PyPI package named "apex" is unrelated.
+        "gpu": ["transformer-engine[pytorch]"],
+        "wandb": ["wandb"],
+        "dicom": ["pydicom"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "transformers>=4.51", "matplotlib", "pydicom"],
+    },
+    entry_points={
+        "console_scripts": [
+            "infimed-train=megatron_infimed.cli.train:main",
+            "infimed-prepare=megatron_infimed.cli.prepare:main",
+            "infimed-convert=megatron_infimed.cli.convert:main",
+            "infimed-eval=megatron_infimed.cli.evaluate:main",
+            "infimed-bench=megatron_infimed.cli.bench:main",
+            "infimed-demo=megatron_infimed.cli.demo:main",
+        ]
+    },
+)
