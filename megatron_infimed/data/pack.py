@@ -86,3 +86,25 @@ class Pack:
             images_per_sample=[n for p in packs for n in p.images_per_sample],
             num_padding=sum(p.num_padding for p in packs),
         )
+
+    def padded_to(self, length: int, pad_id: int) -> "Pack":
+        """Append one padding segment so the pack holds exactly ``length`` slots (pipeline stages
+        exchange fixed shapes). The padding attends only to itself and carries no loss."""
+        extra = length - self.num_tokens
+        if extra < 0:
+            raise ValueError(f"pack of {self.num_tokens} tokens does not fit in {length} slots "
+                             f"(samples {self.sample_ids})")
+        if extra == 0:
+            return self
+        return Pack(
+            tokens=torch.cat([self.tokens, torch.full((extra,), pad_id, dtype=self.tokens.dtype)]),
+            labels=torch.cat([self.labels, torch.full((extra,), IGNORE_INDEX, dtype=self.labels.dtype)]),
+            loss_weights=torch.cat([self.loss_weights, torch.zeros(extra, dtype=self.loss_weights.dtype)]),
+            cu_seqlens=torch.cat([self.cu_seqlens, torch.tensor([length], dtype=self.cu_seqlens.dtype)]),
+            position_ids=torch.cat([self.position_ids, torch.arange(extra, dtype=self.position_ids.dtype)]),
+            images=self.images,
+            sample_ids=list(self.sample_ids),
+            images_per_sample=list(self.images_per_sample),
+            num_padding=self.num_padding + extra,
+        )
+

@@ -21,6 +21,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.vision.clip_vit_model import CLIPViTModel
 from megatron.core.models.vision.multimodal_projector import MultimodalProjector
 from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_infimed.config.presets import ModelConfig
@@ -36,6 +37,7 @@ class InfiMedModel(MegatronModule):
         lang_tc = specs.language_transformer_config(config, parallel, dtype)
         super().__init__(config=lang_tc)
         self.model_config = config
+        self.model_type = ModelType.encoder_or_decoder
         self.pre_process, self.post_process = pre_process, post_process
         self.image_tokens = tokens_per_image(config)
         self.share_embeddings_and_output_weights = config.language.tie_word_embeddings
@@ -56,7 +58,9 @@ class InfiMedModel(MegatronModule):
                 specs.vision_layer_spec(transformer_impl),
                 ln_pre_impl=specs.vision_norm(transformer_impl), ln_post_impl=specs.vision_norm(transformer_impl),
                 add_class_token=False, class_token_len=0, patch_dim=vis.patch_size,
-                img_h=vis.image_size, img_w=vis.image_size, model_subtype="siglip",
+                # SigLIP's 'valid' patch conv drops the border: 384 px / 14 → 27 patches (378 px).
+                img_h=vis.grid_size * vis.patch_size, img_w=vis.grid_size * vis.patch_size,
+                model_subtype="siglip",
             )
             self.projector = MultimodalProjector(
                 specs.projector_transformer_config(config, parallel, dtype),

@@ -52,13 +52,30 @@ def _full_tensor(name: str, shape: tuple[int, ...], std: float, num_layers: int,
     return torch.randn(shape, generator=generator) * std
 
 
-def _shard(full: torch.Tensor, param: torch.Tensor, name: str, gated: bool) -> torch.Tensor:
+def partition_dim(module: torch.nn.Module, param_name: str) -> int | None:
+    """Tensor-parallel split dimension of ``module.<param_name>``, or None when replicated.
+
+    Read from the layer type: megatron-core sets the ``partition_dim`` attributes only when it
+    initialises weights itself, which this module replaces.
+    """
+    from megatron.core.tensor_parallel.layers import (
+        ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+    )
+
+    mode = getattr(module, "parallel_mode", None)  # Transformer Engine linears
+    if isinstance(module, (VocabParallelEmbedding, ColumnParallelLinear)) or mode == "column":
+        return 0 if param_name in ("weight", "bias") else None
+    if isinstance(module, RowParallelLinear) or mode == "row":
+        return 1 if param_name == "weight" else None
+    return None
+
+
+def _shard(full: torch.Tensor, dim: int | None, name: str, gated: bool) -> torch.Tensor:
     """This rank's tensor-parallel piece of ``full``, as megatron-core lays it out."""
-    if not getattr(param, "tensor_model_parallel", False):
+    if dim is None:
         return full
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    dim = param.partition_dim
     if gated and name.endswith("mlp.linear_fc1.weight"):
         # SwiGLU fc1 holds [gate; up]; each rank keeps its slice of both halves.
         gate, up = full.chunk(2, dim=dim)
@@ -66,10 +83,10 @@ def _shard(full: torch.Tensor, param: torch.Tensor, name: str, gated: bool) -> t
     return full.chunk(tp_size, dim=dim)[tp_rank]
 
 
-def _full_shape(param: torch.Tensor) -> tuple[int, ...]:
+def _full_shape(param: torch.Tensor, dim: int | None) -> tuple[int, ...]:
     shape = list(param.shape)
-    if getattr(param, "tensor_model_parallel", False):
-        shape[param.partition_dim] *= parallel_state.get_tensor_model_parallel_world_size()
+    if dim is not None:
+        shape[dim] *= parallel_state.get_tensor_model_parallel_world_size()
     return tuple(shape)
 
 
@@ -78,11 +95,17 @@ def initialize_weights(model: torch.nn.Module, seed: int, std: float = 0.02) -> 
     """Set every parameter of ``model`` (one pipeline chunk) from per-name seeds."""
     language = model.model_config.language
     for name, param in model.named_parameters():
+        module_name, _, param_name = name.rpartition(".")
+        dim = partition_dim(model.get_submodule(module_name), param_name)
         global_name = global_parameter_name(model, name)
         # With tied embeddings the last stage's output layer is a copy of the word embeddings.
         if global_name.endswith("output_layer.weight") and language.tie_word_embeddings:
             global_name = global_name.replace("output_layer.weight", "embedding.word_embeddings.weight")
         is_vision = global_name.startswith("vision_model.")
         num_layers = model.model_config.vision.num_layers if is_vision else language.num_layers
-        full = _full_tensor(global_name, _full_shape(param), std, num_layers, seed)
-        param.copy_(_shard(full, param, global_name, gated=not is_vision and "projector" not in global_name))
+        full = _full_tensor(global_name, _full_shape(param, dim), std, num_layers, seed)
+        param.copy_(_shard(full, dim, global_name, gated=not is_vision and "projector" not in global_name))
+        # Gradient-norm and checkpoint code read these attributes to tell shards from replicas.
+        param.tensor_model_parallel = dim is not None
+        param.partition_dim = 0 if dim is None else dim
+        param.partition_stride = 1

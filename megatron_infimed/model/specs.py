@@ -79,7 +79,9 @@ def projector_transformer_config(config: ModelConfig, parallel: dict, dtype: tor
     return TransformerConfig(
         num_layers=1, hidden_size=config.language.hidden_size,
         ffn_hidden_size=config.projector_hidden_size or config.language.hidden_size,
-        num_attention_heads=1, activation_func=F.gelu, add_bias_linear=True, gated_linear_unit=False,
+        # No attention in a projector; heads only has to divide by the tensor-parallel size.
+        num_attention_heads=parallel.get("tensor_model_parallel_size", 1),
+        activation_func=F.gelu, add_bias_linear=True, gated_linear_unit=False,
         **_common(parallel, dtype),
     )
 

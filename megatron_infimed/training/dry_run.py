@@ -1,0 +1,36 @@
+"""``infimed-train --dry-run``: build the model on the meta device (no weights allocated) and
+report its parameter counts, image tokens and FLOPs per token."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_infimed.model.infimed import InfiMedModel
+from megatron_infimed.model.token_reduction import tokens_per_image
+from megatron_infimed.runtime import distributed
+from megatron_infimed.training.config import TrainConfig
+from megatron_infimed.training.flops import flops_per_token
+from megatron_infimed.training.setup import model_config_for
+
+
+def count(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def dry_run_report(config: TrainConfig) -> dict:
+    model_config = model_config_for(config)
+    distributed.initialize(distributed.ParallelConfig(), config.seed)
+    try:
+        with torch.device("meta"):
+            model = InfiMedModel(model_config, transformer_impl=config.transformer_impl)
+    finally:
+        distributed.shutdown()
+    params = {"vision": count(model.vision_model), "projector": count(model.projector),
+              "language": count(model.language_model)}
+    params["total"] = sum(params.values())
+    return {
+        "preset": model_config.name,
+        "params": params,
+        "image_tokens_per_image": tokens_per_image(model_config),
+        "flops_per_token": flops_per_token(model_config, config.seq_length),
+    }

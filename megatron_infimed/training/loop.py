@@ -1,0 +1,155 @@
+"""The training loop on megatron-core: schedules, optimizer step, logging, checkpoints, signals.
+
+Each iteration takes ``global_batch_size`` packs: ``num_microbatches`` per data-parallel rank,
+run through ``get_forward_backward_func`` (no pipelining, 1F1B, or interleaved 1F1B with
+virtual stages), then one optimizer step with gradient clipping and one scheduler step.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_infimed.runtime import distributed
+from megatron_infimed.training import checkpoint
+from megatron_infimed.training.config import TrainConfig
+from megatron_infimed.training.data import build_data_source
+from megatron_infimed.training.flops import training_flops
+from megatron_infimed.training.metrics import MetricsLogger, peak_tflops
+from megatron_infimed.training.microbatches import SharedMicrobatches
+from megatron_infimed.training.setup import (
+    build_model_chunks, build_optimizer, freeze, model_config_for, unwrap, wrap_ddp,
+)
+from megatron_infimed.training.step import LossAccumulator, make_finalize_grads, make_forward_step
+
+
+class _StopRequest:
+    """SIGTERM / SIGUSR1 (SLURM's warning before the time limit) ask for save-and-exit."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def _any_rank(flag: bool) -> bool:
+    value = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _batch_sizes(config: TrainConfig) -> tuple[int, int, int]:
+    dp = parallel_state.get_data_parallel_world_size()
+    gbs = config.global_batch_size or config.micro_batch_size * dp
+    if gbs % (config.micro_batch_size * dp):
+        raise ValueError(f"--global-batch-size {gbs} must be a multiple of micro-batch size × data-parallel "
+                         f"size = {config.micro_batch_size} × {dp}")
+    return dp, gbs, gbs // (config.micro_batch_size * dp)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns the last logged metrics record."""
+    distributed.initialize(distributed.ParallelConfig(
+        tensor_model_parallel_size=config.tensor_model_parallel_size,
+        pipeline_model_parallel_size=config.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=config.virtual_pipeline_model_parallel_size,
+        context_parallel_size=config.context_parallel_size), config.seed)
+    stop = _StopRequest()
+    start_time = time.time()
+    dp, gbs, num_micro = _batch_sizes(config)
+    source, tokenizer = build_data_source(config, dp, num_micro)
+    model_config = model_config_for(config, tokenizer.image_token_id if tokenizer else None)
+    chunks = build_model_chunks(config, model_config)
+    if config.pretrained_checkpoint and not checkpoint.has_checkpoint(config.load):
+        checkpoint.load_weights(config.pretrained_checkpoint, chunks)
+    freeze(chunks, config)
+    model = wrap_ddp(chunks, config)
+    optimizer, scheduler = build_optimizer(model, config)
+    iteration, consumed = 0, 0
+    if checkpoint.has_checkpoint(config.load):
+        state = checkpoint.load(config.load, chunks, optimizer, scheduler, source)
+        iteration, consumed = state["iteration"], state["consumed_samples"]
+
+    accumulator, seen = LossAccumulator(), []
+    for chunk in model:
+        chunk.config.finalize_model_grads_func = make_finalize_grads(accumulator)
+        chunk.config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+    shared = SharedMicrobatches(source, len(model))
+    iterators = shared.iterators()
+    forward_backward = get_forward_backward_func()
+    forward_step = make_forward_step(accumulator, seen)
+    tokens_per_micro = config.seq_length * config.micro_batch_size
+    owns_loss = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+                 and parallel_state.get_data_parallel_rank() == 0)
+    logger = MetricsLogger(config.run_dir, owns_loss, config.wandb_project, config.wandb_mode, config.to_dict())
+    ledger = checkpoint.SampleLedger(config.run_dir, parallel_state.is_pipeline_last_stage()
+                                     and parallel_state.get_tensor_model_parallel_rank() == 0)
+    peak = peak_tflops()
+    record: dict = {}
+    while iteration < config.train_iters:
+        step_start = time.perf_counter()
+        accumulator.reset()
+        seen.clear()
+        for chunk in model:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        forward_backward(
+            forward_step_func=forward_step, data_iterator=iterators if len(model) > 1 else iterators[0],
+            model=model, num_microbatches=num_micro, seq_length=tokens_per_micro, micro_batch_size=1,
+            forward_only=False,
+        )
+        _, grad_norm, _ = optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        scheduler.step(increment=1)
+        iteration += 1
+        consumed += gbs
+        step_seconds = time.perf_counter() - step_start
+        record = _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config,
+                          step_seconds, shared.take_wait_seconds(), source, peak)
+        ledger.write(iteration, parallel_state.get_data_parallel_rank(), seen)
+        if iteration % config.log_interval == 0 or iteration == config.train_iters:
+            logger.log(record)
+        timed_out = (config.exit_duration_in_mins is not None
+                     and time.time() - start_time > 60 * config.exit_duration_in_mins)
+        must_exit = _any_rank(stop.requested or timed_out)
+        due = config.save_interval and iteration % config.save_interval == 0
+        if config.save and (due or must_exit or iteration == config.train_iters):
+            checkpoint.save(config.save, iteration, consumed, chunks, optimizer, scheduler, source, config,
+                            tokenizer_path=config.tokenizer)
+        if must_exit:
+            break
+    logger.close()
+    distributed.shutdown()
+    return record
+
+
+def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config, seconds, wait,
+             source, peak) -> dict:
+    """Loss and token counts summed over data-parallel ranks (on the last pipeline stage)."""
+    real = sum(p.num_real_tokens for p in seen)
+    slots = sum(p.num_tokens for p in seen)
+    flops = sum(training_flops(model_config, (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist(),
+                               p.images.shape[0]) for p in seen)
+    totals = torch.tensor([accumulator.loss_sum.item(), accumulator.weight_sum.item(), real, slots, flops,
+                           source.stats().get("skipped", 0)], dtype=torch.float64)
+    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
+    world = torch.distributed.get_world_size()
+    tflops_per_gpu = flops / seconds / world / 1e12
+    return {
+        "iteration": iteration, "consumed_samples": consumed,
+        "loss": loss_sum / weight_sum if weight_sum else float("nan"),
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "lr": lr, "tokens": int(real),
+        "tokens_per_s": real / seconds, "fill_ratio": real / slots if slots else 0.0,
+        "tflops_per_gpu": tflops_per_gpu, "mfu": tflops_per_gpu / peak if peak else None,
+        "step_time_s": seconds, "data_wait_s": wait, "skipped_samples": int(skipped),
+    }

@@ -1,0 +1,119 @@
+"""One micro-batch through the model, as megatron-core's pipeline schedules call it.
+
+The loss is a global weighted mean: ``Σ w·ce / Σ w`` over every micro-batch and data-parallel
+rank of the step, with ``w`` the loader's per-token loss weights (1 per trainable token in
+``token`` mode; ``sample`` and ``square`` weight each sample as the loader documents).
+megatron-core's ``calculate_per_token_loss`` path keeps an *integer* token count, so the
+weight sum is kept here (``LossAccumulator``) and the gradients are divided by it in
+``finalize_grads`` after megatron has summed them across data-parallel ranks.
+
+Only tensor-parallel rank 0 reads data and broadcasts the pack to its tensor-parallel group, as
+Megatron-LM does. Every pipeline stage reads: the middle stages need the pack's ``cu_seqlens``
+for packed attention, and reading a pack is cheap next to a stage's compute.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+
+from megatron_infimed.data.pack import Pack
+from megatron_infimed.model.infimed import packed_seq_params
+from megatron_infimed.training.setup import unwrap
+
+_PACK_TENSORS = ("tokens", "labels", "loss_weights", "cu_seqlens", "position_ids", "images")
+
+
+def broadcast_pack(pack: Pack | None) -> Pack:
+    """Send tensor-parallel rank 0's pack to the other ranks of its tensor-parallel group."""
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return pack
+    group = parallel_state.get_tensor_model_parallel_group()
+    src = parallel_state.get_tensor_model_parallel_src_rank()
+    header = [None]
+    if pack is not None:
+        header = [{
+            "shapes": {name: (tuple(getattr(pack, name).shape), getattr(pack, name).dtype) for name in _PACK_TENSORS},
+            "sample_ids": pack.sample_ids, "images_per_sample": pack.images_per_sample,
+            "num_padding": pack.num_padding,
+        }]
+    torch.distributed.broadcast_object_list(header, src=src, group=group)
+    meta = header[0]
+    tensors = {}
+    for name in _PACK_TENSORS:
+        shape, dtype = meta["shapes"][name]
+        tensor = getattr(pack, name).contiguous() if pack is not None else torch.empty(shape, dtype=dtype)
+        if tensor.numel():
+            torch.distributed.broadcast(tensor, src=src, group=group)
+        tensors[name] = tensor
+    return Pack(**tensors, sample_ids=meta["sample_ids"], images_per_sample=meta["images_per_sample"],
+                num_padding=meta["num_padding"])
+
+
+class LossAccumulator:
+    """Collects Σ w·ce and Σ w of the micro-batches this rank's last stage sees in one step."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        self.weight_sum = torch.zeros((), dtype=torch.float64)
+        self.packs: list[Pack] = []
+
+    def loss_func(self, loss_weights: torch.Tensor, output_tensor: torch.Tensor):
+        weighted = (output_tensor.float().view(-1) * loss_weights.view(-1)).sum()
+        weight = loss_weights.sum().detach()
+        self.loss_sum += weighted.detach().double()
+        self.weight_sum += weight.double()
+        count = (loss_weights > 0).sum().to(torch.int)
+        return weighted, count, {"loss": torch.stack([weighted.detach(), weight])}
+
+
+def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
+    """The ``forward_step_func`` for ``get_forward_backward_func``."""
+
+    def forward_step(data_iterator, model):
+        unwrapped = unwrap(model)
+        local = next(data_iterator) if parallel_state.get_tensor_model_parallel_rank() == 0 else None
+        pack = broadcast_pack(local)
+        if unwrapped.post_process:
+            seen.append(pack)
+        output = model(
+            pack.tokens.view(1, -1), pack.position_ids.view(1, -1),
+            images=pack.images if unwrapped.pre_process else None,
+            packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen),
+            labels=pack.labels.view(1, -1) if unwrapped.post_process else None,
+            images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids,
+        )
+        return output, partial(accumulator.loss_func, pack.loss_weights)
+
+    return forward_step
+
+
+def global_weight_sum(accumulator: LossAccumulator) -> torch.Tensor:
+    """Σ w of the whole step: from the last pipeline stage, summed over data-parallel ranks."""
+    total = accumulator.weight_sum.clone()
+    pp_group = parallel_state.get_pipeline_model_parallel_group()
+    last = parallel_state.get_pipeline_model_parallel_last_rank()
+    torch.distributed.broadcast(total, src=last, group=pp_group)
+    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    return total
+
+
+def make_finalize_grads(accumulator: LossAccumulator):
+    """megatron's gradient finalisation (DP all-reduce, tied embeddings), then ÷ Σ w."""
+
+    def finalize(model_chunks, num_tokens=None, pg_collection=None, force_all_reduce=False):
+        finalize_model_grads(model_chunks, num_tokens=None, pg_collection=pg_collection,
+                             force_all_reduce=force_all_reduce)
+        total = global_weight_sum(accumulator)
+        if total > 0:
+            for chunk in model_chunks:
+                chunk.scale_gradients(float(1.0 / total))
+
+    return finalize
