@@ -1,0 +1,68 @@
+"""``Question``: one benchmark item, the unit every reader yields and every scorer consumes.
+
+A question carries its benchmark's own id as a string (VQA-RAD mixes the string ``"0"`` with
+integer qids; ``str()`` makes ``0`` and ``"0"`` the same question), the gold answer, and one of
+three types that pick the scoring rule:
+
+| type     | gold                         | rule (see ``scoring.py``)                           |
+|----------|------------------------------|-----------------------------------------------------|
+| closed   | "yes"/"no" (or SLAKE CLOSED) | exactly one of the words yes/no, and it is the gold |
+| open     | free text                    | normalised exact match + token-set recall/prec./F1  |
+| choice   | an option letter, e.g. "B"   | extracted letter (or option text) equals the gold    |
+
+Images are checked once, when a benchmark is loaded: a question whose image is missing or cannot
+be decoded keeps its place in the list with ``skip_reason`` set, so it is counted as skipped and
+never scored, rather than silently disappearing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+from PIL import Image
+
+QuestionType = Literal["closed", "open", "choice"]
+QUESTION_TYPES: tuple[str, ...] = ("closed", "open", "choice")
+
+# Categorical skip reasons: these are the keys of results.json's ``skipped`` counts.
+IMAGE_MISSING = "image_missing"
+IMAGE_UNREADABLE = "image_unreadable"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Question:
+    id: str
+    question: str
+    answer: str  # for "choice": the gold option letter; its text is options[answer]
+    type: QuestionType
+    options: Mapping[str, str] = field(default_factory=dict)  # letter -> option text, in order
+    image: Path | None = None  # None: a text-only question
+    skip_reason: str | None = None  # IMAGE_MISSING / IMAGE_UNREADABLE, or None when scorable
+
+    def __post_init__(self) -> None:
+        if self.type not in QUESTION_TYPES:
+            raise ValueError(f"question {self.id}: type {self.type!r} is not one of {QUESTION_TYPES}")
+        if self.type == "choice" and self.answer not in self.options:
+            raise ValueError(
+                f"question {self.id}: gold option {self.answer!r} is not among options {sorted(self.options)}"
+            )
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as the question's image, or None when it decodes.
+
+    A full decode (``load``), not only ``verify``: a truncated JPEG passes the header check but
+    would fail later inside generation.
+    """
+    if not path.is_file():
+        return IMAGE_MISSING
+    try:
+        with Image.open(path) as image:
+            image.load()
+    # PIL reports corrupt data through several exception types (OSError, SyntaxError,
+    # struct.error, ValueError); any of them means the same thing here.
+    except Exception:  # noqa: BLE001
+        return IMAGE_UNREADABLE
+    return None

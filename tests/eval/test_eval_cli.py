@@ -1,0 +1,73 @@
+"""``infimed-eval``: flags reach the library, errors come back as exit status 2 and one message."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from megatron_infimed.cli import evaluate
+
+
+@pytest.fixture
+def bench(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    lines = [
+        {"id": 1, "image": "x.png", "question": "Normal?", "answer": "yes"},
+        {"id": 2, "image": "x.png", "question": "Fracture?", "answer": "no"},
+        {"id": 3, "image": "missing.png", "question": "Mass?", "answer": "yes"},
+    ]
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_score_writes_the_three_files(bench, tmp_path, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"id": 1, "prediction": "Yes"}\n{"id": "2", "prediction": "Yes"}\n')
+    code = evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench),
+                          "--predictions", str(predictions), "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.jsonl", "results.json", "results.md"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["closed_accuracy"], results["n_skipped"], results["skipped"]) == (0.5, 1, {"image_missing": 1})
+    assert json.loads(capsys.readouterr().out)["overall"] == 0.5
+
+
+def test_score_error_exits_2_with_the_message(bench, tmp_path, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"id": 99, "prediction": "yes"}\n')
+    code = evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench),
+                          "--predictions", str(predictions), "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "line 1: id '99' is not a question of this benchmark" in capsys.readouterr().err
+
+
+def test_run_passes_model_flags_to_load_answer_fn_and_honours_limit(bench, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load_answer_fn(model_path, max_new_tokens):
+        calls.append((model_path, max_new_tokens))
+        return lambda batch: ["yes"] * len(batch)
+
+    monkeypatch.setattr(evaluate, "load_answer_fn", fake_load_answer_fn)
+    code = evaluate.main(["run", "--model", "ckpt/iter_10", "--benchmark", "jsonl", "--data", str(bench),
+                          "--output", str(tmp_path / "out"), "--batch-size", "2", "--max-new-tokens", "16",
+                          "--limit", "2"])
+    assert code == 0
+    assert calls == [("ckpt/iter_10", 16)]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["n_total"], results["closed_accuracy"]) == (2, 0.5)
+
+
+def test_run_without_generation_reports_it_is_not_available(bench, tmp_path, capsys):
+    code = evaluate.main(["run", "--model", "ckpt", "--benchmark", "jsonl", "--data", str(bench),
+                          "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "generation lands with the model" in capsys.readouterr().err
+
+
+def test_unknown_benchmark_is_rejected_by_the_parser(bench, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["score", "--benchmark", "mmmu", "--data", str(bench), "--predictions", "p",
+                       "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
