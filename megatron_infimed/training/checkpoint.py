@@ -73,16 +73,35 @@ def _rng_state() -> dict:
     return state
 
 
-def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, scheduler, data_source,
-         run_config, tokenizer_path: str | None = None) -> Path:
-    """Collective: every rank calls it."""
+def _prepare(root: str, iteration: int) -> Path:
     directory = _iter_dir(root, iteration)
-    rank = torch.distributed.get_rank()
-    if rank == 0:
+    if torch.distributed.get_rank() == 0:
         if directory.exists():  # a save of this iteration that did not finish
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
     torch.distributed.barrier()
+    return directory
+
+
+def _commit(root: str, iteration: int, directory: Path, model_config, keep_last: int = 0) -> None:
+    """After every rank has written its part: config files, then the tracker, atomically."""
+    if torch.distributed.get_rank() == 0:
+        (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+        (directory / "layout.json").write_text(json.dumps(_layout()))
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        tmp = Path(root) / (TRACKER + ".tmp")
+        tmp.write_text(str(iteration))
+        os.replace(tmp, Path(root) / TRACKER)
+        _remove_old(root, iteration, keep_last)
+    torch.distributed.barrier()
+
+
+def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, scheduler, data_source,
+         run_config, tokenizer_path: str | None = None) -> Path:
+    """Collective: every rank calls it."""
+    directory = _prepare(root, iteration)
+    rank = torch.distributed.get_rank()
     model_state = _model_state(chunks)
     state = {
         **model_state,
@@ -100,17 +119,9 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
         (directory / "loader" / f"dp{dp_rank}.json").write_text(json.dumps(data_source.state_dict()))
     if rank == 0:
         (directory / "run_config.json").write_text(json.dumps(run_config.to_dict(), indent=2, default=str))
-        (directory / "model_config.json").write_text(json.dumps(chunks[0].model_config.to_dict(), indent=2))
-        (directory / "layout.json").write_text(json.dumps(_layout()))
         if tokenizer_path:
             _copy_tokenizer(tokenizer_path, directory / "tokenizer")
-    torch.distributed.barrier()
-    if rank == 0:
-        tmp = Path(root) / (TRACKER + ".tmp")
-        tmp.write_text(str(iteration))
-        os.replace(tmp, Path(root) / TRACKER)
-        _remove_old(root, iteration, run_config.keep_last)
-    torch.distributed.barrier()
+    _commit(root, iteration, directory, chunks[0].model_config, run_config.keep_last)
     return directory
 
 
@@ -171,6 +182,14 @@ def _load_rng(directory: Path, saved_layout: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
     if state["tracker"]:
         get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def save_weights(root: str, chunks, iteration: int = 0) -> Path:
+    """Model weights only, in the same layout (used by ``infimed-convert import-hf``). Collective."""
+    directory = _prepare(root, iteration)
+    dist_checkpointing.save(_model_state(chunks), str(directory))
+    _commit(root, iteration, directory, chunks[0].model_config)
+    return directory
 
 
 def load_weights(root: str, chunks) -> int:
