@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +21,14 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def vqa_rad_dir(shared_dir: Path) -> Path:
     return shared_dir / "data" / "vqa_rad"
+
+
+@pytest.fixture(scope="session")
+def mcore_world():
+    """In-process megatron-core world (one gloo rank, CPU backend). Parallel state is
+    process-global, so it is created once and kept; multi-rank layouts run under torchrun."""
+    from megatron_infimed.runtime import distributed
+
+    if not torch.distributed.is_initialized():
+        distributed.initialize(distributed.ParallelConfig(), seed=1234)
+    yield

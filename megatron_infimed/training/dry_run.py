@@ -19,12 +19,15 @@ def count(module: torch.nn.Module | None) -> int:
 
 def dry_run_report(config: TrainConfig) -> dict:
     model_config = model_config_for(config)
-    distributed.initialize(distributed.ParallelConfig(), config.seed)
+    owns_world = not torch.distributed.is_initialized()
+    if owns_world:
+        distributed.initialize(distributed.ParallelConfig(), config.seed)
     try:
         with torch.device("meta"):
             model = InfiMedModel(model_config, transformer_impl=config.transformer_impl)
     finally:
-        distributed.shutdown()
+        if owns_world:
+            distributed.shutdown()
     params = {"vision": count(model.vision_model), "projector": count(model.projector),
               "language": count(model.language_model)}
     params["total"] = sum(params.values())

@@ -1,0 +1,49 @@
+"""Bad input to the model is a ValueError that names the offending sample."""
+
+import pytest
+import torch
+
+from megatron_infimed.config.presets import get_preset
+from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
+from megatron_infimed.model.init import initialize_weights
+
+CONFIG = get_preset("tiny").with_overrides({"language.max_position_embeddings": 64})
+
+
+@pytest.fixture(scope="module")
+def model(mcore_world):
+    m = InfiMedModel(CONFIG)
+    initialize_weights(m, seed=1)
+    return m
+
+
+def pack(lengths, image_tokens_per_sample):
+    tokens = []
+    for length, n in zip(lengths, image_tokens_per_sample):
+        t = torch.arange(length) % 100
+        t[:n] = CONFIG.image_token_id
+        tokens.append(t)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    positions = torch.cat([torch.arange(n) for n in lengths]).view(1, -1)
+    return torch.cat(tokens).view(1, -1), positions, packed_seq_params(cu, max(lengths))
+
+
+def test_placeholder_count_mismatch_names_the_sample(model):
+    tokens, positions, params = pack([40, 40], [16, 32])  # sample 'b' has two images' worth of tokens
+    images = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"sample 'b': 32 image tokens for 1 image\(s\), expected 16"):
+        model(tokens, positions, images=images, packed_seq_params=params,
+              images_per_sample=[1, 1], sample_ids=["a", "b"])
+
+
+def test_missing_image_is_a_mismatch(model):
+    tokens, positions, params = pack([30], [16])
+    with pytest.raises(ValueError, match="image placeholder / image count mismatch"):
+        model(tokens, positions, images=None, packed_seq_params=params)
+
+
+def test_sample_longer_than_the_model_maximum_names_the_sample(model):
+    tokens, positions, params = pack([20, 70], [0, 0])
+    with pytest.raises(ValueError, match=r"sample 'long-one' has 70 tokens, longer than .* 64"):
+        model(tokens, positions, packed_seq_params=params, sample_ids=["short", "long-one"],
+              images_per_sample=[0, 0])

@@ -1,0 +1,40 @@
+"""The run configuration: YAML, then flags; unknown keys are errors that name the key."""
+
+import pytest
+
+from megatron_infimed.training.config import load_config
+
+
+def test_flags_override_yaml(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("preset: tiny\nmock-data: true\nseq_length: 512\nlr: 0.01\n")
+    config = load_config(["--config", str(config_file), "--lr", "0.5"])
+    assert (config.seq_length, config.lr, config.mock_data) == (512, 0.5, True)
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key 'learning_rate' in .*run.yaml"):
+        load_config(["--config", str(config_file)])
+
+
+def test_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        load_config(["--mock-data", "--learning-rate", "0.1"])
+    assert "--learning-rate" in capsys.readouterr().err
+
+
+def test_fp8_needs_transformer_engine_layers():
+    with pytest.raises(ValueError, match="--fp8 needs Transformer Engine"):
+        load_config(["--mock-data", "--fp8", "hybrid"])
+
+
+def test_training_without_data_is_refused():
+    with pytest.raises(ValueError, match="no training data"):
+        load_config([])
+
+
+def test_model_overrides_are_json(tmp_path):
+    config = load_config(["--mock-data", "--model", '{"reduction.kind": "none"}'])
+    assert config.model == {"reduction.kind": "none"}
