@@ -1,0 +1,14 @@
+"""Data loading: shards → samples → packs (see DESIGN.md for the path of the data).
+
+| module          | what it holds                                                      |
+|-----------------|--------------------------------------------------------------------|
+| tokenizer       | ``load_tokenizer``, the two backends, ``train_sentencepiece``      |
+| chat_template   | the one chat template (training, evaluation, exported Jinja)       |
+| images          | ``ImagePreprocessor``: decode, RGB, pad/crop, normalise            |
+| preprocess      | shard sample → ``Sample``; overlong truncate/drop                  |
+| packing         | ``OnlinePacker`` (bounded-buffer BFD/FFD)                          |
+| pack_builder    | samples → ``Pack``: loss weights, FP8/CP padding, no-packing batch |
+| streaming       | shards → per-stream sample sequences, exactly once per epoch       |
+| blending        | per-worker blend of datasets + preprocessing                       |
+| loader          | ``DataConfig``, ``build_train_loader`` → ``TrainLoader``            |
+"""

@@ -1,0 +1,130 @@
+"""What one loader worker produces: datasets blended by weight, decoded, tokenized, fitted.
+
+Blending is deterministic, as Megatron's blended dataset: draw ``n`` goes to the dataset whose
+count lags its share the most, ``argmax_d(w_d * (n + 1) - count_d)``. After ``n`` draws every
+dataset holds its share to within one sample, and the counts are the whole blending state (no
+RNG state to carry). A dataset whose epochs run out (``num_epochs``) leaves the blend.
+
+Each good sample leaves the worker as a ``StreamItem`` carrying the worker's state *after* it and
+the bad inputs met since the previous item. The main process keeps the state of the last item it
+consumed, so a resume starts each worker exactly after that item, and prefetched items that were
+never consumed are simply produced again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from megatron_infimed.data.preprocess import BadSample, Sample, SamplePreprocessor, fit_to_length
+from megatron_infimed.data.streaming import DatasetIndex, DatasetStream, ErrorRecord
+
+
+@dataclass
+class StreamItem:
+    worker: int
+    sample: Sample | None  # None marks the end of this worker's stream
+    state: dict
+    errors: list[ErrorRecord] = field(default_factory=list)  # bad input, skipped
+    drops: list[ErrorRecord] = field(default_factory=list)  # decoded but overlong and dropped
+
+
+def pick_dataset(weights: Sequence[float], counts: Sequence[int], active: Sequence[bool]) -> int:
+    """The active dataset furthest below its share after one more draw (lowest index on ties)."""
+    n = sum(counts) + 1
+    best, best_gap = -1, float("-inf")
+    for d, (w, c, a) in enumerate(zip(weights, counts, active)):
+        if a and w * n - c > best_gap:
+            best, best_gap = d, w * n - c
+    return best
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamSpec:
+    """Everything a worker needs to produce its samples; built once per rank by the loader."""
+
+    indexes: tuple[DatasetIndex, ...]
+    weights: tuple[float, ...]
+    dp_rank: int
+    dp_size: int
+    num_workers: int
+    seed: int
+    shuffle_buffer: int
+    num_epochs: int | None
+    preprocessor: SamplePreprocessor
+    max_length: int
+    overlong: str
+    shard_retries: int = 2
+    shard_retry_delay: float = 0.5
+
+    @property
+    def num_streams(self) -> int:
+        return self.dp_size * self.num_workers
+
+    def worker_items(self, worker: int, start: dict | None = None) -> Iterator[StreamItem]:
+        stream_id = self.dp_rank * self.num_workers + worker
+        streams = [DatasetStream(index, d, stream_id, self.num_streams, seed=self.seed,
+                                 shuffle_buffer=self.shuffle_buffer, num_epochs=self.num_epochs,
+                                 retries=self.shard_retries, retry_delay=self.shard_retry_delay)
+                   for d, index in enumerate(self.indexes)]
+        counts = [0] * len(streams)
+        done = [False] * len(streams)
+        if start is not None:
+            for stream, position in zip(streams, start["datasets"]):
+                stream.restore(position)
+            counts, done = list(start["counts"]), list(start["done"])
+        iterators = [iter(s) for s in streams]
+        total = sum(self.weights)
+        weights = [w / total for w in self.weights]
+
+        def state() -> dict:
+            return {"datasets": [s.state() for s in streams], "counts": list(counts), "done": list(done)}
+
+        errors: list[ErrorRecord] = []
+        drops: list[ErrorRecord] = []
+        while not all(done):
+            d = pick_dataset(weights, counts, [not x for x in done])
+            entry = next(iterators[d], None)
+            if entry is None:
+                done[d] = True
+                continue
+            counts[d] += 1
+            if entry.error is not None:
+                errors.append(entry.error)
+                continue
+            try:
+                sample = self.preprocessor(entry.members, entry.key)
+            except BadSample as exc:
+                errors.append(ErrorRecord(exc.reason, entry.shard, entry.key, str(exc)))
+                continue
+            fitted, reason = self.fit(sample)
+            if fitted is None:
+                drops.append(ErrorRecord(reason, entry.shard, entry.key,
+                                         f"sample {sample.sample_id}: {sample.length} tokens > {self.max_length}"))
+                continue
+            yield StreamItem(worker, fitted, state(), errors, drops)
+            errors, drops = [], []
+        yield StreamItem(worker, None, state(), errors, drops)
+
+    def fit(self, sample: Sample) -> tuple[Sample | None, str | None]:
+        p = self.preprocessor
+        return fit_to_length(sample, self.max_length, self.overlong, p.tokenizer.image_token_id, p.image_tokens)
+
+
+class WorkerStreams(torch.utils.data.IterableDataset):
+    """The spec as a torch IterableDataset: each DataLoader worker process runs its own stream."""
+
+    def __init__(self, spec: StreamSpec, starts: list[dict | None]) -> None:
+        super().__init__()
+        self.spec, self.starts = spec, starts
+
+    def __iter__(self) -> Iterator[StreamItem]:
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.num_workers != self.spec.num_workers:
+            raise RuntimeError(f"WorkerStreams must run in a DataLoader with num_workers="
+                               f"{self.spec.num_workers} (got {None if info is None else info.num_workers})")
+        # Decoding is the work here; one intra-op thread per worker avoids oversubscribing cores.
+        torch.set_num_threads(1)
+        return self.spec.worker_items(info.id, self.starts[info.id])

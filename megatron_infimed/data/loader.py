@@ -1,0 +1,304 @@
+"""The training data loader: one per data-parallel rank, yielding one ``Pack`` per micro-batch.
+
+    loader = build_train_loader(data_config, model_config, tokenizer, dp_rank, dp_size, micro_batch_size)
+    pack = next(loader)              # Pack.concat of micro_batch_size packs
+    state = loader.state_dict()      # save with the checkpoint
+    loader.load_state_dict(state)    # on a fresh loader, before the first next()
+
+Workers (``DataConfig.num_workers`` streams per rank) run in DataLoader processes, or interleaved
+in this process when ``worker_processes=False``; both give the same packs. The main process takes
+samples from the workers in a fixed round robin (whatever order they arrive in), so the packer
+input, and hence every pack, depends only on the seed and the data, never on timing.
+
+State = each worker's stream state after the last sample taken from it, the round-robin cursor,
+the packer's held samples (as raw shard bytes, re-decoded on restore) and the counters. It is
+tied to ``dp_size`` and ``num_workers`` (they define the split); loading it elsewhere raises
+unless ``reset=True``, which restarts every stream at the start of the furthest saved epoch.
+
+Tensor-parallel ranks share one reader and only the first and last pipeline stages need data:
+the trainer builds this per data-parallel rank and broadcasts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.data.blending import StreamItem, StreamSpec, WorkerStreams
+from megatron_infimed.data.images import ImagePreprocessor
+from megatron_infimed.data.pack import Pack
+from megatron_infimed.data.pack_builder import PackLayout, build_padded_batch, build_pack
+from megatron_infimed.data.packing import DEFAULT_ALGORITHM, OnlinePacker
+from megatron_infimed.data.preprocess import Sample, SamplePreprocessor
+from megatron_infimed.data.streaming import DatasetIndex, ErrorRecord
+from megatron_infimed.data.tokenizer import Tokenizer
+from megatron_infimed.model.token_reduction import tokens_per_image
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig:
+    paths: tuple[str, ...]  # prepared dataset folders (manifest.json + shards/)
+    weights: tuple[float, ...] | None = None  # blend weights, one per path; None = equal
+    seq_length: int = 4096
+    packing: bool = True  # False = --no-packing: pad each micro-batch to its longest sample
+    packing_algorithm: str = DEFAULT_ALGORITHM  # "bfd" | "ffd"
+    packing_buffer: int = 1024  # samples held by the packer, pending and in open packs
+    loss_weighting: str = "token"  # "token" | "sample" | "square"
+    overlong: str = "truncate"  # "truncate" | "drop"
+    shuffle_buffer: int = 1000  # window of the seeded shuffle; 0 = no shuffling
+    seed: int = 1234
+    num_workers: int = 2
+    worker_processes: bool = True
+    num_epochs: int | None = None  # None = repeat forever
+    image_resize: str = "pad"  # "pad" | "crop"
+    jpeg_draft: bool = False
+    shard_retries: int = 2
+    shard_retry_delay: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise ValueError("DataConfig.paths is empty; give at least one prepared dataset folder")
+        if self.weights is not None and (len(self.weights) != len(self.paths) or min(self.weights) < 0
+                                         or sum(self.weights) <= 0):
+            raise ValueError(f"DataConfig.weights {self.weights} must be non-negative, one per path "
+                             f"({len(self.paths)}), and not all zero")
+        if self.num_workers < 1:
+            raise ValueError(f"DataConfig.num_workers must be >= 1 (streams per rank), got {self.num_workers}")
+
+
+class ErrorLog:
+    """Counts bad input by reason and logs it at a bounded rate (first ``burst``, then one per interval)."""
+
+    def __init__(self, burst: int = 10, interval_s: float = 60.0, keep: int = 100) -> None:
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[dict] = deque(maxlen=keep)
+        self.burst, self.interval_s, self._last, self._unlogged = burst, interval_s, 0.0, 0
+
+    def add(self, record: ErrorRecord) -> None:
+        self.counts[record.reason] += 1
+        self.recent.append(record.to_dict())
+        now = time.monotonic()
+        if sum(self.counts.values()) <= self.burst or now - self._last >= self.interval_s:
+            suffix = f" ({self._unlogged} more since the last message)" if self._unlogged else ""
+            log.warning("skipped bad input [%s] shard=%s key=%s: %s%s", record.reason, record.shard,
+                        record.key, record.message, suffix)
+            self._last, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+
+class TrainLoader:
+    def __init__(self, spec: StreamSpec, config: DataConfig, layout: PackLayout, micro_batch_size: int) -> None:
+        self.spec, self.config, self.layout, self.micro_batch_size = spec, config, layout, micro_batch_size
+        self.capacity = layout.capacity(config.seq_length)
+        self.packer: OnlinePacker[Sample] = OnlinePacker(self.capacity, config.packing_buffer,
+                                                         config.packing_algorithm)
+        workers = spec.num_workers
+        self._starts: list[dict | None] = [None] * workers
+        self._states: list[dict | None] = [None] * workers
+        self._ended = [False] * workers
+        self._cursor = 0
+        self._ready: deque[list[Sample]] = deque()
+        self._finished = False
+        self._source: Iterator[StreamItem] | None = None
+        self._generators: list[Iterator[StreamItem]] = []
+        self._inbox: list[deque[StreamItem]] = [deque() for _ in range(workers)]
+        self.errors, self.dropped = ErrorLog(), Counter()
+        self.counters: Counter[str] = Counter()
+
+    # -- sample intake ------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self.config.worker_processes:
+            dataset = WorkerStreams(self.spec, self._starts)
+            self._source = iter(torch.utils.data.DataLoader(dataset, batch_size=None,
+                                                            num_workers=self.spec.num_workers,
+                                                            collate_fn=_as_is))
+        else:
+            self._generators = [self.spec.worker_items(w, self._starts[w]) for w in range(self.spec.num_workers)]
+
+    def _take(self, worker: int) -> StreamItem:
+        if self._generators:
+            return next(self._generators[worker])
+        while not self._inbox[worker]:
+            item = next(self._source)  # type: ignore[arg-type]
+            self._inbox[item.worker].append(item)
+        return self._inbox[worker].popleft()
+
+    def _next_sample(self) -> Sample | None:
+        """The next sample in worker round-robin order; None once every worker has ended."""
+        if self._source is None and not self._generators:
+            self._start()
+        while not all(self._ended):
+            worker = self._cursor
+            item = self._take(worker)
+            self._states[worker] = item.state
+            for record in item.errors:
+                self.errors.add(record)
+            for record in item.drops:
+                self.dropped[record.reason] += 1
+            if item.sample is None:
+                self._ended[worker] = True
+            self._cursor = self._following(worker)
+            if item.sample is not None:
+                self.counters["samples"] += 1
+                self.counters["truncated"] += int(item.sample.truncated)
+                return item.sample
+        return None
+
+    def _following(self, worker: int) -> int:
+        n = len(self._ended)
+        for step in range(1, n + 1):
+            if not self._ended[(worker + step) % n]:
+                return (worker + step) % n
+        return worker
+
+    # -- micro-batches ------------------------------------------------------------------------
+    def __iter__(self) -> "TrainLoader":
+        return self
+
+    def __next__(self) -> Pack:
+        if not self.config.packing:
+            return self._next_padded_batch()
+        while len(self._ready) < self.micro_batch_size and not self._finished:
+            sample = self._next_sample()
+            if sample is None:
+                self._ready.extend(self.packer.flush())
+                self._finished = True
+            else:
+                self._ready.extend(self.packer.add(sample, self.layout.slots(sample.length)))
+        if not self._ready:
+            raise StopIteration
+        take = [self._ready.popleft() for _ in range(min(self.micro_batch_size, len(self._ready)))]
+        packs = [build_pack(samples, self.layout) for samples in take]
+        self._count(packs, slots=len(packs) * self.config.seq_length)
+        return Pack.concat(packs)
+
+    def _next_padded_batch(self) -> Pack:
+        samples = []
+        while len(samples) < self.micro_batch_size and (sample := self._next_sample()) is not None:
+            samples.append(sample)
+        if not samples:
+            raise StopIteration
+        pack = build_padded_batch(samples, self.layout)
+        self._count([pack], slots=pack.num_tokens)
+        return pack
+
+    def _count(self, packs: list[Pack], slots: int) -> None:
+        c = self.counters
+        c["packs"] += len(packs)
+        c["slots"] += slots
+        c["real_tokens"] += sum(p.num_real_tokens for p in packs)
+        c["packed_samples"] += sum(len(p.sample_ids) for p in packs)
+        c["images"] += sum(int(p.images.shape[0]) for p in packs)
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters for the training metrics (diff two calls for per-step values)."""
+        c = self.counters
+        out = {
+            "data/fill_ratio": c["real_tokens"] / c["slots"] if c["slots"] else 0.0,
+            "data/samples_per_pack": c["packed_samples"] / c["packs"] if c["packs"] else 0.0,
+            "data/packs": c["packs"], "data/samples": c["samples"], "data/truncated": c["truncated"],
+            "data/images": c["images"], "data/held_samples": self.packer.num_held,
+            "data/bad_inputs": sum(self.errors.counts.values()), "data/dropped": sum(self.dropped.values()),
+        }
+        out.update({f"data/bad/{k}": v for k, v in sorted(self.errors.counts.items())})
+        out.update({f"data/dropped/{k}": v for k, v in sorted(self.dropped.items())})
+        return out
+
+    def recent_errors(self) -> list[dict]:
+        """The last bad-input records: reason, shard, key, message."""
+        return list(self.errors.recent)
+
+    # -- state --------------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        s = self.spec
+        return {"dp_size": s.dp_size, "num_workers": s.num_workers, "seed": s.seed,
+                "datasets": [[i.root, i.total] for i in s.indexes]}
+
+    def state_dict(self) -> dict:
+        def encode(sample: Sample) -> dict:
+            return {"id": sample.sample_id, "raw": sample.raw}
+
+        return {
+            "version": STATE_VERSION, "dp_rank": self.spec.dp_rank, **self._identity(),
+            "worker_states": [st if st is not None else start for st, start in zip(self._states, self._starts)],
+            "ended": list(self._ended), "cursor": self._cursor, "finished": self._finished,
+            "packer": self.packer.state_dict(encode),
+            "ready": [[encode(s) for s in pack] for pack in self._ready],
+            "counters": dict(self.counters), "errors": dict(self.errors.counts), "dropped": dict(self.dropped),
+        }
+
+    def load_state_dict(self, state: dict, reset: bool = False) -> None:
+        if self._source is not None or self._generators:
+            raise RuntimeError("load_state_dict must be called before the first next() of a loader")
+        saved, mine = {k: state.get(k) for k in self._identity()}, self._identity()
+        saved["datasets"] = [list(d) for d in saved["datasets"] or []]
+        if saved != mine or state.get("dp_rank") != self.spec.dp_rank:
+            if not reset:
+                diff = {k: (saved[k], mine[k]) for k in mine if saved[k] != mine[k]}
+                raise ValueError(f"loader state does not match this loader (saved vs now: {diff}, dp_rank "
+                                 f"{state.get('dp_rank')} vs {self.spec.dp_rank}); the data split would change. "
+                                 f"Pass reset=True to restart the streams from the furthest saved epoch")
+            epoch = max((e for ws in state["worker_states"] if ws for e, _ in ws["datasets"]), default=0)
+            n = len(self.spec.indexes)
+            self._starts = [{"datasets": [(epoch, 0)] * n, "counts": [0] * n, "done": [False] * n}
+                            for _ in range(self.spec.num_workers)]
+            log.warning("loader state reset: streams restart at epoch %d (saved %s, now %s)", epoch, saved, mine)
+        else:
+            self._starts = list(state["worker_states"])
+            self._ended, self._cursor = list(state["ended"]), state["cursor"]
+            self._finished = state["finished"]
+            self.packer.load_state_dict(state["packer"], self._decode)
+            self._ready = deque([self._decode(s) for s in pack] for pack in state["ready"])
+        self.counters = Counter(state["counters"])
+        self.errors.counts = Counter(state["errors"])
+        self.dropped = Counter(state["dropped"])
+
+    def _decode(self, encoded: dict) -> Sample:
+        sample, _ = self.spec.fit(self.spec.preprocessor(encoded["raw"], encoded["id"]))
+        if sample is None:
+            raise ValueError(f"sample {encoded['id']} from the saved packer state no longer fits; was the "
+                             f"tokenizer or sequence length changed?")
+        return sample
+
+    def close(self) -> None:
+        self._source, self._generators = None, []
+
+
+def build_train_loader(config: DataConfig, model_config: ModelConfig, tokenizer: Tokenizer, dp_rank: int,
+                       dp_size: int, micro_batch_size: int = 1, context_parallel: int = 1,
+                       fp8: bool = False) -> TrainLoader:
+    """The loader of one data-parallel rank; ``model_config.image_token_id`` must be the tokenizer's."""
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank {dp_rank} is outside 0..{dp_size - 1}")
+    if model_config.image_token_id != tokenizer.image_token_id:
+        raise ValueError(f"model image_token_id {model_config.image_token_id} differs from the tokenizer's "
+                         f"<|image_pad|> id {tokenizer.image_token_id}; use align_model_config(config, tokenizer)")
+    vision = model_config.vision
+    layout = PackLayout(loss_weighting=config.loss_weighting, context_parallel=context_parallel, fp8=fp8,
+                        pad_id=tokenizer.pad_id, image_mean=tuple(vision.image_mean),
+                        image_std=tuple(vision.image_std))
+    images = ImagePreprocessor.for_vision(vision, config.image_resize, config.jpeg_draft)
+    preprocessor = SamplePreprocessor(tokenizer, tokens_per_image(model_config), images)
+    spec = StreamSpec(
+        indexes=tuple(DatasetIndex.from_dir(p) for p in config.paths),
+        weights=config.weights or (1.0,) * len(config.paths), dp_rank=dp_rank, dp_size=dp_size,
+        num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+        num_epochs=config.num_epochs, preprocessor=preprocessor, max_length=layout.capacity(config.seq_length),
+        overlong=config.overlong, shard_retries=config.shard_retries, shard_retry_delay=config.shard_retry_delay,
+    )
+    return TrainLoader(spec, config, layout, micro_batch_size)
+
+
+def _as_is(item: StreamItem) -> StreamItem:
+    """DataLoader collate for single items: pass the StreamItem through untouched."""
+    return item
