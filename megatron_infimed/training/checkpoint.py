@@ -5,7 +5,7 @@
       iter_0000020/
         (dist_checkpointing files)        model, optimizer, scheduler, iteration, consumed samples
         run_config.json  model_config.json
-        loader/dp0.json ...               the data loader's state per data-parallel rank
+        loader/dp0.pt ...                 the data loader's state per data-parallel rank
         rng/rank0.pt ...                  RNG states per rank (restored when the layout is unchanged)
         tokenizer/                        a copy of the run's tokenizer files
 
@@ -116,7 +116,7 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
     if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_first_stage():
         (directory / "loader").mkdir(exist_ok=True)
         dp_rank = parallel_state.get_data_parallel_rank()
-        (directory / "loader" / f"dp{dp_rank}.json").write_text(json.dumps(data_source.state_dict()))
+        torch.save(data_source.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
     if rank == 0:
         (directory / "run_config.json").write_text(json.dumps(run_config.to_dict(), indent=2, default=str))
         if tokenizer_path:
@@ -161,13 +161,14 @@ def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool 
 
 def _load_loader_state(directory: Path, data_source, saved_layout: dict, reset: bool) -> None:
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    if saved_layout["dp"] != dp:
-        if reset:
-            return
+    if saved_layout["dp"] != dp and not reset:
         raise ValueError(f"checkpoint {directory} was saved with data-parallel size {saved_layout['dp']} and "
                          f"this run has {dp}: the loader cannot resume on exactly the next sample. Keep the "
-                         f"data-parallel size, or start the data afresh with a new --pretrained-checkpoint run")
-    data_source.load_state_dict(json.loads((directory / "loader" / f"dp{dp_rank}.json").read_text()))
+                         f"data-parallel size, or pass --reset-data-state to restart the data streams")
+    # After a reset the source only reads where the saved streams had got to (their epoch).
+    saved_rank = min(dp_rank, saved_layout["dp"] - 1)
+    state = torch.load(directory / "loader" / f"dp{saved_rank}.pt", weights_only=True)
+    data_source.load_state_dict(state)
 
 
 def _load_rng(directory: Path, saved_layout: dict) -> None:

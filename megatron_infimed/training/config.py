@@ -63,6 +63,8 @@ class TrainConfig:
     tokenizer: str | None = None
     loss_weighting: str = "token"
     no_packing: bool = False
+    # Resume with another data-parallel size: restart the data streams instead of refusing.
+    reset_data_state: bool = False
     # Checkpoints
     save: str | None = None
     load: str | None = None

@@ -23,7 +23,7 @@ from megatron_infimed.training.flops import training_flops
 from megatron_infimed.training.metrics import MetricsLogger, peak_tflops
 from megatron_infimed.training.microbatches import SharedMicrobatches
 from megatron_infimed.training.setup import (
-    build_model_chunks, build_optimizer, freeze, model_config_for, unwrap, wrap_ddp,
+    build_model_chunks, build_optimizer, freeze, wrap_ddp,
 )
 from megatron_infimed.training.step import LossAccumulator, make_finalize_grads, make_forward_step
 
@@ -65,8 +65,7 @@ def train(config: TrainConfig) -> dict:
     stop = _StopRequest()
     start_time = time.time()
     dp, gbs, num_micro = _batch_sizes(config)
-    source, tokenizer = build_data_source(config, dp, num_micro)
-    model_config = model_config_for(config, tokenizer.image_token_id if tokenizer else None)
+    source, model_config = build_data_source(config, dp, num_micro)
     chunks = build_model_chunks(config, model_config)
     if config.pretrained_checkpoint and not checkpoint.has_checkpoint(config.load):
         checkpoint.load_weights(config.pretrained_checkpoint, chunks)
@@ -75,7 +74,7 @@ def train(config: TrainConfig) -> dict:
     optimizer, scheduler = build_optimizer(model, config)
     iteration, consumed = 0, 0
     if checkpoint.has_checkpoint(config.load):
-        state = checkpoint.load(config.load, chunks, optimizer, scheduler, source)
+        state = checkpoint.load(config.load, chunks, optimizer, scheduler, source, config.reset_data_state)
         iteration, consumed = state["iteration"], state["consumed_samples"]
 
     accumulator, seen = LossAccumulator(), []

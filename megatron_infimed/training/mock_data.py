@@ -61,9 +61,10 @@ class MockDataIterator:
     """Micro-batches for one data-parallel rank; ``state_dict`` makes resume exact."""
 
     def __init__(self, config: ModelConfig, seq_length: int, micro_batch_size: int, seed: int,
-                 dp_rank: int, dp_size: int, num_microbatches: int):
+                 dp_rank: int, dp_size: int, num_microbatches: int, reset: bool = False):
         self.config, self.seq_length, self.micro_batch_size = config, seq_length, micro_batch_size
         self.seed, self.dp_rank, self.dp_size, self.num_microbatches = seed, dp_rank, dp_size, num_microbatches
+        self.reset = reset  # on a layout change, restart the stream instead of refusing
         self.consumed = 0  # micro-batches this rank has taken
 
     def __iter__(self):
@@ -81,6 +82,8 @@ class MockDataIterator:
         return {"kind": "mock", "consumed": self.consumed, "dp_size": self.dp_size, "dp_rank": self.dp_rank}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("dp_size") != self.dp_size and self.reset:
+            return
         if state.get("dp_size") != self.dp_size:
             raise ValueError(f"mock data state was saved with data-parallel size {state.get('dp_size')}, "
                              f"this run has {self.dp_size}")

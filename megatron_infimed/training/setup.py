@@ -17,10 +17,8 @@ from megatron_infimed.model.init import initialize_weights
 from megatron_infimed.training.config import TrainConfig
 
 
-def model_config_for(config: TrainConfig, image_token_id: int | None = None) -> ModelConfig:
+def model_config_for(config: TrainConfig) -> ModelConfig:
     model = get_preset(config.preset).with_overrides(config.model)
-    if image_token_id is not None:
-        model = model.with_overrides({"image_token_id": image_token_id})
     if config.seq_length > model.language.max_position_embeddings:
         raise ValueError(f"--seq-length {config.seq_length} exceeds the model's maximum sequence length "
                          f"{model.language.max_position_embeddings}")
