@@ -86,16 +86,20 @@ class InfiMedModel(MegatronModule):
     def embed(self, tokens: Tensor, position_ids: Tensor, images: Tensor | None,
               images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
               cu_seqlens: Tensor | None = None) -> Tensor:
-        """Text embeddings with image embeddings written over the image-token positions: [T, 1, H]."""
-        is_image = tokens[0] == self.model_config.image_token_id
+        """Text embeddings with image embeddings written over the image-token positions: [L, B, H].
+
+        Images fill the image positions of ``tokens`` [B, L] in reading order: row by row.
+        """
+        is_image = tokens == self.model_config.image_token_id
         num_images = 0 if images is None else images.shape[0]
-        self._check_image_count(is_image, num_images, images_per_sample, sample_ids, cu_seqlens)
+        self._check_image_count(is_image.view(-1), num_images, images_per_sample, sample_ids, cu_seqlens)
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         if num_images == 0:
             return embeddings
         features = self.encode_images(images.to(embeddings.dtype)).to(embeddings.dtype)
-        mask = is_image.view(-1, 1, 1).expand_as(embeddings)
-        return embeddings.masked_scatter(mask, features)
+        batch_first = embeddings.transpose(0, 1)  # scatter in the tokens' [B, L] order
+        mask = is_image.unsqueeze(-1).expand_as(batch_first)
+        return batch_first.masked_scatter(mask, features).transpose(0, 1)
 
     def _check_image_count(self, is_image, num_images, images_per_sample, sample_ids, cu_seqlens):
         found = int(is_image.sum())
@@ -126,9 +130,10 @@ class InfiMedModel(MegatronModule):
     def forward(self, tokens: Tensor, position_ids: Tensor, *, images: Tensor | None = None,
                 packed_seq_params: PackedSeqParams | None = None, labels: Tensor | None = None,
                 images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
-                attention_mask: Tensor | None = None) -> Tensor:
+                attention_mask: Tensor | None = None, inference_context=None) -> Tensor:
         """Per-token loss ``[1, T]`` when ``labels`` is given on the last stage, else logits
-        (last stage) or hidden states (other stages)."""
+        (last stage) or hidden states (other stages). ``inference_context`` (megatron-core's
+        ``StaticInferenceContext``) turns on the KV cache for generation."""
         cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
         decoder_input = None
         if self.pre_process:
@@ -141,6 +146,7 @@ class InfiMedModel(MegatronModule):
         return self.language_model(
             input_ids=tokens, position_ids=position_ids, attention_mask=attention_mask,
             decoder_input=decoder_input, labels=labels, packed_seq_params=packed_seq_params,
+            inference_context=inference_context,
         )
 
 

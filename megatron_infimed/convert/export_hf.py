@@ -1,0 +1,191 @@
+"""megatron-core distributed checkpoint (any TP/PP layout) → Hugging Face folder, shard by shard.
+
+| mode              | weights                                   | loads with                                  |
+|-------------------|-------------------------------------------|---------------------------------------------|
+| full (default)    | model.{vision_tower,multi_modal_projector,| AutoModelForImageTextToText / ...CausalLM,  |
+|                   | language_model}.*, lm_head (untied only)  | trust_remote_code=True (files in hf_files/) |
+| ``language_only`` | model.*, lm_head: a plain Qwen3ForCausalLM| Qwen3ForCausalLM, no remote code            |
+
+Streaming: output shards are planned from the checkpoint's metadata first (sizes are known without
+reading a weight); then each shard's tensors are read from the torch_dist files one global tensor
+(or one layer of a stacked tensor) at a time, converted, written and dropped, so peak memory is one
+output shard. Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end;
+any failure removes it, and every shape check runs before the folder is created.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.convert import mapping
+from megatron_infimed.convert.dist_reader import DistCheckpointReader
+from megatron_infimed.convert.hf_config import infimed_config, qwen3_config
+from megatron_infimed.model.token_reduction import tokens_per_image
+
+HF_FILES = Path(__file__).parent / "hf_files"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_directory(checkpoint: str | Path) -> Path:
+    """The iteration folder: ``CKPT`` itself, or the one ``CKPT/latest_checkpointed_iteration.txt`` names."""
+    from megatron_infimed.training.checkpoint import latest_iteration
+
+    path = Path(checkpoint)
+    if (path / ".metadata").is_file():
+        return path
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise FileNotFoundError(f"{path} is not a checkpoint: no latest_checkpointed_iteration.txt and no .metadata")
+    return path / f"iter_{iteration:07d}"
+
+
+def parse_size(size: str | int) -> int:
+    """``"5GB"`` → 5·10⁹ bytes (decimal units, as transformers uses); an int is bytes."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B)?\s*", size.upper())
+    if not match:
+        raise ValueError(f"cannot read shard size {size!r}; expected e.g. '5GB', '500MB' or a number of bytes")
+    return int(float(match.group(1)) * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}[match.group(2) or "B"])
+
+
+def plan_shards(entries: list[mapping.Entry], bytes_per_element: int, max_bytes: int) -> list[list[mapping.Entry]]:
+    """Greedy, in table order; the tensors split from one megatron tensor stay in one shard."""
+    shards: list[list[mapping.Entry]] = [[]]
+    used = 0
+    for entry in entries:
+        size = sum(torch.Size(s).numel() for s in entry.hf_shapes) * bytes_per_element
+        if shards[-1] and used + size > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(entry)
+        used += size
+    return shards
+
+
+def _check_shapes(reader: DistCheckpointReader, entries: list[mapping.Entry]) -> None:
+    problems = []
+    for entry in entries:
+        try:
+            found = reader.shape(entry.megatron, entry.layer)
+        except KeyError as error:
+            problems.append(str(error.args[0]))
+            continue
+        if found != mapping.megatron_shape(entry):
+            problems.append(f"'{entry.megatron}' has shape {found}, expected {mapping.megatron_shape(entry)}")
+    if problems:
+        raise ValueError(f"checkpoint {reader.directory} does not match its model_config.json: "
+                         + "; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""))
+
+
+def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
+    if tokenizer_dir is None or not (tokenizer_dir / "tokenizer.json").is_file():
+        return {}
+    from megatron_infimed.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    return {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id, "end_of_text_id": tokenizer.pad_id}
+
+
+def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
+    """Copy the tokenizer files and put our one chat template into tokenizer_config.json."""
+    from megatron_infimed.data.chat_template import CHAT_TEMPLATE_JINJA
+    from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END
+
+    if tokenizer_dir is None:
+        return
+    for file in sorted(tokenizer_dir.iterdir()):
+        # A source chat_template.jinja (e.g. Qwen3's) would take precedence over ours.
+        if file.is_file() and file.name != "chat_template.jinja":
+            shutil.copy2(file, target / file.name)
+    config_path = target / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    config.update(chat_template=CHAT_TEMPLATE_JINJA, eos_token=IM_END, pad_token=END_OF_TEXT)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def _write_configs(config: ModelConfig, target: Path, language_only: bool, tokens: dict, dtype: str) -> None:
+    if language_only:
+        hf = {**qwen3_config(config.language, tokens), "dtype": dtype}
+    else:
+        hf = infimed_config(config, tokens, tokens_per_image(config), dtype)
+        for file in ("configuration_infimed.py", "modeling_infimed.py"):
+            shutil.copy2(HF_FILES / file, target / file)
+        vision = config.vision
+        (target / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "SiglipImageProcessor", "do_resize": True, "do_rescale": True,
+            "do_normalize": True, "image_mean": list(vision.image_mean), "image_std": list(vision.image_std),
+            "size": {"height": vision.image_size, "width": vision.image_size}, "resample": 3,
+            "rescale_factor": 1 / 255,
+        }, indent=2))
+    (target / "config.json").write_text(json.dumps(hf, indent=2))
+    eos = [t for t in (tokens.get("eos_token_id"), tokens.get("end_of_text_id")) if t is not None]
+    (target / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": eos or None, "pad_token_id": tokens.get("pad_token_id"), "do_sample": False}, indent=2))
+
+
+def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None = None, language_only: bool = False,
+              tokenizer: str | Path | None = None, max_shard_size: str | int = "5GB",
+              progress: bool = True) -> Path:
+    """Write ``checkpoint`` as a Hugging Face folder at ``output``; returns ``output``."""
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"output {output} already exists; remove it or choose another folder")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    directory = checkpoint_directory(checkpoint)
+    config_file = directory / "model_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory} has no model_config.json (written by infimed-train and import-hf)")
+    config = ModelConfig.from_dict(json.loads(config_file.read_text()))
+    reader = DistCheckpointReader(directory)
+    parts = ("language", "lm_head") if language_only else mapping.PARTS
+    entries = mapping.entries(config, parts)
+    _check_shapes(reader, entries)
+    tokenizer_dir = Path(tokenizer) if tokenizer else directory / "tokenizer"
+    if tokenizer and not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
+    tokenizer_dir = tokenizer_dir if tokenizer_dir.is_dir() else None
+    tokens = _token_ids(tokenizer_dir)
+    stored = reader.tensors[reader.locate(entries[0].megatron, entries[0].layer)[0]].properties.dtype
+    out_dtype = DTYPES[dtype] if dtype else stored
+    prefixes = mapping.HF_PREFIXES["qwen3" if language_only else "infimed"]
+    shards = plan_shards(entries, torch.empty((), dtype=out_dtype).element_size(), parse_size(max_shard_size))
+
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        weight_map, total = {}, 0
+        bar = tqdm(total=len(entries), desc=f"export {output.name}", unit="tensor", disable=not progress)
+        for number, shard in enumerate(shards, start=1):
+            name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+            tensors = {}
+            for entry in shard:
+                fused = reader.read(entry.megatron, entry.layer)
+                for hf, tensor in zip(entry.hf, mapping.split(entry, fused, config)):
+                    tensors[prefixes[entry.row.part] + hf] = tensor.to(out_dtype).contiguous()
+                bar.update(1)
+            save_file(tensors, str(partial / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, name))
+            total += sum(t.numel() * t.element_size() for t in tensors.values())
+            del tensors
+        bar.close()
+        (partial / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."))
+        _write_tokenizer(tokenizer_dir, partial)
+        partial.rename(output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return output
