@@ -109,12 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(f.type)
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=_HELP.get(f.name))
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_HELP.get(f.name))
         elif kind is dict:
             parser.add_argument(flag, type=json.loads, default=None, help=_HELP.get(f.name))
         else:
             parser.add_argument(flag, type=kind, default=None, help=_HELP.get(f.name))
     return parser
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: convert to the field's type or name the key."""
+    kind = _base_type({f.name: f.type for f in fields(TrainConfig)}[name])
+    if value is None or isinstance(value, kind):
+        return value
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"'{name}' in {where} is {value!r} ({type(value).__name__}); expected {kind.__name__}")
 
 
 def _normalise_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -124,7 +137,7 @@ def _normalise_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise ValueError(f"unknown key '{key}' in {where}; see infimed-train --help for the known options")
-        out[name] = value
+        out[name] = _coerce(name, value, where)
     return out
 
 

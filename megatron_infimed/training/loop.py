@@ -122,7 +122,7 @@ def train(config: TrainConfig) -> dict:
         due = config.save_interval and iteration % config.save_interval == 0
         if config.save and (due or must_exit or iteration == config.train_iters):
             checkpoint.save(config.save, iteration, consumed, chunks, optimizer, scheduler, source, config,
-                            tokenizer_path=config.tokenizer)
+                            tokenizer_path=None if config.mock_data else config.tokenizer)
         if must_exit:
             break
     logger.close()

@@ -38,3 +38,22 @@ def test_training_without_data_is_refused():
 def test_model_overrides_are_json(tmp_path):
     config = load_config(["--mock-data", "--model", '{"reduction.kind": "none"}'])
     assert config.model == {"reduction.kind": "none"}
+
+
+def test_yaml_numbers_in_e_notation_become_floats(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nlr: 1e-3\n")
+    assert load_config(["--config", str(config_file)]).lr == 0.001
+
+
+def test_a_value_of_the_wrong_type_names_the_key(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\ntrain_iters: many\n")
+    with pytest.raises(ValueError, match="'train_iters' .* 'many'.*expected int"):
+        load_config(["--config", str(config_file)])
+
+
+def test_a_flag_can_unfreeze_what_the_yaml_froze(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nfreeze_vision: true\n")
+    assert load_config(["--config", str(config_file), "--no-freeze-vision"]).freeze_vision is False

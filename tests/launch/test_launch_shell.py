@@ -1,0 +1,170 @@
+"""The launch scripts as shell code: shellcheck clean, SLURM headers sbatch will read, the
+first-host rule without scontrol, the config path rebasing, and the refusals that come before
+any training starts."""
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from launch_site import LAUNCH, REPO
+
+STAGE_SCRIPTS = ["pretrain.sh", "stage1.sh", "stage2.sh", "stage3.sh"]
+SHELL_SCRIPTS = ["common.sh", "node.sh", *STAGE_SCRIPTS]
+
+
+def load_config_paths():
+    spec = importlib.util.spec_from_file_location("config_paths", LAUNCH / "config_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+config_paths = load_config_paths()
+
+
+def test_scripts_are_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    result = subprocess.run(["shellcheck", "-x", *(f"launch/{s}" for s in SHELL_SCRIPTS)],
+                            cwd=LAUNCH.parent, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS)
+def test_sbatch_header_asks_for_whole_8_gpu_nodes_and_a_warning_before_the_limit(script):
+    lines = (LAUNCH / script).read_text().splitlines()
+    # sbatch stops reading #SBATCH lines at the first command.
+    header = [ln for ln in lines[:lines.index("set -euo pipefail")] if ln.startswith("#SBATCH")]
+    options = dict(ln.removeprefix("#SBATCH ").partition("=")[::2] for ln in header)
+    assert options["--job-name"] == f"infimed-{script.removesuffix('.sh')}"
+    assert int(options["--nodes"]) >= 1
+    assert options["--ntasks-per-node"] == "1" and options["--gpus-per-node"] == "8"
+    assert "--exclusive" in options and "--requeue" in options
+    assert re.fullmatch(r"\d+:\d\d:\d\d", options["--time"])
+    assert options["--signal"] == "B:USR1@120"
+    assert "%j" in options["--output"]
+
+
+@pytest.mark.parametrize("nodelist,host", [("gpu-[003-005,9],cpu1", "gpu-003"), ("node7,node8", "node7"),
+                                           ("a[12]", "a12"), ("localhost", "localhost")])
+def test_first_host_without_scontrol_reads_the_node_list_in_bash(nodelist, host):
+    assert shutil.which("scontrol", path="/usr/bin:/bin") is None
+    result = subprocess.run(["bash", "-c", f'source "{LAUNCH}/common.sh"; first_host "$1"', "_", nodelist],
+                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, host + "\n")
+
+
+def test_rebase_moves_every_data_path_and_keeps_the_weights():
+    config = {"data": {"paths": ["data/prepared/medical", "data/prepared/shifted"], "weights": [0.6, 0.4]}}
+    flags = config_paths.rebased_flags(config, [("data/prepared", "/lustre/p")])
+    assert flags[0] == "--data"
+    assert json.loads(flags[1]) == {"paths": ["/lustre/p/medical", "/lustre/p/shifted"],
+                                                 "weights": [0.6, 0.4]}
+
+
+def test_rebase_matches_whole_path_components_only():
+    assert config_paths.rebase("data/prepared2/x", [("data/prepared", "/p")]) == "data/prepared2/x"
+    assert config_paths.rebase("data/prepared/x", [("data/prepared/", "/p/")]) == "/p/x"
+
+
+def test_rebase_moves_tokenizer_and_pretrained_checkpoint_by_their_own_prefixes():
+    config = {"tokenizer": "checkpoints/infimed-4b/hf-init/iter_0000000/tokenizer",
+              "pretrained_checkpoint": "checkpoints/infimed-4b/hf-init", "save": "checkpoints/infimed-4b/pretrain"}
+    flags = config_paths.rebased_flags(config, [("checkpoints/infimed-4b", "/ckpt")])
+    assert flags == ["--tokenizer", "/ckpt/hf-init/iter_0000000/tokenizer", "--pretrained-checkpoint", "/ckpt/hf-init"]
+
+
+def test_rebase_prints_nothing_for_paths_outside_the_prefixes():
+    config = {"data": {"paths": ["/abs/medical"]}, "tokenizer": "/abs/tok.model"}
+    assert config_paths.rebased_flags(config, [("data/prepared", "/p")]) == []
+
+
+def test_rebase_refuses_a_prefix_without_a_new_root(capsys):
+    with pytest.raises(SystemExit):
+        config_paths.main([str(LAUNCH.parent / "examples/tiny/stage3.yaml"), "--rebase", "data/prepared"])
+    assert "must be OLD=NEW" in capsys.readouterr().err
+
+
+def test_a_stage_without_its_previous_checkpoint_stops_before_training(site):
+    result = site.run("stage3", slurm=False)
+    assert result.returncode == 2
+    assert f"stage3 starts from {site.ckpt_root / 'stage2'}, which holds no checkpoint" in result.stderr
+    assert "run launch/stage2.sh first" in result.stderr
+
+
+def test_an_explicit_pretrained_checkpoint_must_exist(site):
+    result = site.run("stage1", slurm=False, PRETRAINED_CHECKPOINT=str(site.root / "nowhere"))
+    assert result.returncode == 2
+    assert f"PRETRAINED_CHECKPOINT={site.root / 'nowhere'} holds no checkpoint" in result.stderr
+
+
+def test_several_nodes_outside_slurm_are_refused(site):
+    result = site.run("pretrain", slurm=False, NODES="2")
+    assert result.returncode == 2
+    assert "NODES=2 needs a SLURM job" in result.stderr
+
+
+def test_an_unknown_preset_names_the_missing_config(site):
+    result = site.run("pretrain", slurm=False, PRESET="infimed-70b")
+    assert result.returncode == 2
+    assert "examples/infimed-70b/pretrain.yaml not found" in result.stderr
+
+
+def srun_call(site, stage="pretrain", *flags, **env) -> str:
+    """The srun command line a SLURM job would run (the fake srun only records it)."""
+    result = site.run(stage, *flags, slurm=True, FAKE_SRUN_DRY="1", **env)
+    assert result.returncode == 0, result.stderr
+    calls = [c for c in site.slurm_calls() if c.startswith("srun ")]
+    assert len(calls) == 1, calls
+    return calls[0]
+
+
+def test_container_image_runs_the_task_in_it_with_every_root_mounted(site):
+    call = srun_call(site, CONTAINER_IMAGE="nvcr.io#nvidia/pytorch:25.01-py3")
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in call
+    # The roots lie inside the working folder: one mount covers them.
+    assert f"--container-mounts={site.root}:{site.root},{REPO}:{REPO} " in call
+    assert f"--container-workdir={site.root}" in call
+
+
+def test_container_mounts_can_be_given_explicitly(site):
+    call = srun_call(site, CONTAINER_IMAGE="img.sqsh", CONTAINER_MOUNTS="/lustre:/lustre")
+    assert "--container-mounts=/lustre:/lustre " in call
+
+
+def test_parallel_sizes_extra_args_and_script_arguments_reach_the_trainer_in_order(site):
+    call = srun_call(site, "pretrain", "--seed", "9", TP="2", PP="2", EXTRA_ARGS="--lr 1.0e-4 --seed 7")
+    assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2" in call
+    # Script arguments come last, so they win over EXTRA_ARGS.
+    assert call.endswith("--lr 1.0e-4 --seed 7 --seed 9")
+
+
+def test_nodes_and_srun_args_shape_the_srun_call(site):
+    call = srun_call(site, NODES="4", SRUN_ARGS="--cpu-bind=none")
+    assert call.startswith("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --kill-on-bad-exit=1 --cpu-bind=none ")
+
+
+def test_a_slurm_job_trains_the_1_7b_preset_unless_told_otherwise(site):
+    result = site.run("pretrain", slurm=True, FAKE_SRUN_DRY="1", PRESET="")
+    assert f"config {REPO / 'examples/infimed-1.7b/pretrain.yaml'}" in result.stdout
+
+
+def test_sbatch_spool_copy_finds_common_sh_from_the_submit_folder(site):
+    # sbatch runs a copy of the script from its spool folder, away from the repository.
+    spool = site.root / "spool"
+    spool.mkdir()
+    shutil.copy(LAUNCH / "stage2.sh", spool / "slurm_script")
+    result = subprocess.run(["bash", str(spool / "slurm_script")], cwd=site.root, capture_output=True, text=True,
+                            env=site.env(slurm=True, SLURM_SUBMIT_DIR=str(REPO)))
+    # Reaching the stage check proves common.sh was found and sourced.
+    assert result.returncode == 2
+    assert "stage2 starts from" in result.stderr and "run launch/stage1.sh first" in result.stderr
+
+
+def test_relative_roots_are_made_absolute_for_every_node(site):
+    call = srun_call(site, CKPT_ROOT="ckpt", RUN_ROOT="runs-here")
+    ckpt, runs = site.root / "ckpt", site.root / "runs-here"
+    assert f"--save {ckpt}/pretrain --load {ckpt}/pretrain --run-dir {runs}/pretrain" in call
