@@ -29,6 +29,12 @@ from megatron_infimed.curation.record import IMAGE_PLACEHOLDER, Record, RecordEr
 
 CAPTION_PROMPT = "Describe this image."
 VQA_RAD_TEST_PHRASES = frozenset({"test_freeform", "test_para"})
+# The community split of VQA-RAD by phrase_type; evaluation reads the same table.
+VQA_RAD_SPLITS = {
+    "test": VQA_RAD_TEST_PHRASES,
+    "train": frozenset({"freeform", "para"}),
+    "all": VQA_RAD_TEST_PHRASES | {"freeform", "para"},
+}
 VQA_RAD_ORGANS = {"HEAD": "head", "CHEST": "chest", "ABD": "abdomen"}
 
 

@@ -27,14 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from megatron_infimed.curation.formats import VQA_RAD_SPLITS
 from megatron_infimed.eval.questions import Question, image_problem
 
 OPTION_LETTERS = "ABCDEFGH"
-VQA_RAD_SPLITS = {
-    "test": {"test_freeform", "test_para"},
-    "train": {"freeform", "para"},
-    "all": {"test_freeform", "test_para", "freeform", "para"},
-}
 
 
 class BenchmarkFormatError(ValueError):

@@ -59,11 +59,12 @@ def test_run_passes_model_flags_to_load_answer_fn_and_honours_limit(bench, tmp_p
     assert (results["n_total"], results["closed_accuracy"]) == (2, 0.5)
 
 
-def test_run_without_generation_reports_it_is_not_available(bench, tmp_path, capsys):
-    code = evaluate.main(["run", "--model", "ckpt", "--benchmark", "jsonl", "--data", str(bench),
+def test_run_with_a_missing_checkpoint_names_it(bench, tmp_path, capsys):
+    code = evaluate.main(["run", "--model", str(tmp_path / "ckpt"), "--benchmark", "jsonl", "--data", str(bench),
                           "--output", str(tmp_path / "out")])
     assert code == 2
-    assert "generation lands with the model" in capsys.readouterr().err
+    assert "no checkpoint under" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_benchmark_is_rejected_by_the_parser(bench, tmp_path):
