@@ -25,6 +25,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.model.packed_attention import PackedDotProductAttention
+from megatron_infimed.runtime import cpu_backend
 
 TRANSFORMER_IMPLS = ("local", "te")
 
@@ -101,6 +102,7 @@ def _common(parallel: dict, dtype: torch.dtype) -> dict:
         recompute_method=parallel.get("recompute_method"),
         recompute_num_layers=parallel.get("recompute_num_layers"),
         **_PORTABLE,
+        **cpu_backend.config_overrides(),
     )
 
 

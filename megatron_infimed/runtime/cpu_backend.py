@@ -10,6 +10,7 @@ megatron-core assumes CUDA in three ways, and each is answered here:
 |                                             | ``tracker.fork()`` still gives a separate stream      |
 | ``torch.cuda.synchronize`` / events exist    | no-ops                                               |
 | grad clipping asserts CUDA float tensors     | the same in-place scaling without the assertion       |
+| batched p2p relies on NCCL's message pairing | unbatched p2p (``config_overrides``)                  |
 
 Collectives use gloo. Core attention must not use megatron-core's CUDA global memory buffer:
 our ``PackedDotProductAttention`` does not. Nothing else in the package checks for cpu vs cuda
@@ -92,6 +93,17 @@ def enable() -> None:
 
 def is_enabled() -> bool:
     return _ACTIVE_MODE is not None
+
+
+def config_overrides() -> dict:
+    """megatron-core settings the CPU backend needs (none on a GPU).
+
+    gloo pairs point-to-point messages between two ranks in the order they are posted; a batched
+    isend/irecv can post the forward activation and the backward gradient that travel the same
+    way in different orders on the two sides, silently swapping equal-shaped tensors (seen with
+    interleaved pipelining). Unbatched p2p posts them in a fixed order.
+    """
+    return {"batch_p2p_comm": False} if is_enabled() else {}
 
 
 @contextlib.contextmanager
