@@ -60,7 +60,8 @@ def _place_lesions(rng, organ: str, count: int, location: str) -> list[dict]:
     for _ in range(count):
         for _attempt in range(30):  # keep lesions apart so they can be counted
             x, y = lesion_centre(rng, organ, location)
-            r = float(rng.uniform(0.07, 0.11))
+            # Radius 0.12-0.17 of the half-width: at least ~8 px across at the 64 px demo size.
+            r = float(rng.uniform(0.12, 0.17))
             if all(np.hypot(x - o["x"], y - o["y"]) > r + o["r"] + 0.04 for o in lesions):
                 break
         lesions.append({"x": round(float(x), 4), "y": round(float(y), 4), "r": round(r, 4)})
