@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_infimed", "megatron_infimed.*"]),
     include_package_data=True,
-    package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "convert/hf_files/*.py"]},
+    package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "convert/hf_files/*.py",
+                                      "bench/data/*.json"]},
     install_requires=[
         # No upper pin: clusters bring their own CUDA build of torch.
         "torch>=2.6",

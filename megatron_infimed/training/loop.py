@@ -143,12 +143,15 @@ def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config
     loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
     world = torch.distributed.get_world_size()
     tflops_per_gpu = flops / seconds / world / 1e12
-    return {
+    # The loader's cumulative counters (truncations, bad inputs, ...) of this data-parallel rank.
+    loader_counters = {k: v for k, v in source.stats().items() if k.startswith("data/")}
+    return {**loader_counters,
         "iteration": iteration, "consumed_samples": consumed,
         "loss": loss_sum / weight_sum if weight_sum else float("nan"),
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "lr": lr, "tokens": int(real),
         "tokens_per_s": real / seconds, "fill_ratio": real / slots if slots else 0.0,
+        "samples_per_micro_batch": sum(len(p.sample_ids) for p in seen) / len(seen) if seen else 0.0,
         "tflops_per_gpu": tflops_per_gpu, "mfu": tflops_per_gpu / peak if peak else None,
         "step_time_s": seconds, "data_wait_s": wait, "skipped_samples": int(skipped),
     }
