@@ -32,7 +32,7 @@ class DemoSettings:
     vocab_size: int = 512
     seq_length: int = 512
     global_batch_size: int = 8
-    iterations: tuple[tuple[str, int], ...] = (("pretrain", 30), ("stage1", 60), ("stage2", 200), ("stage3", 160))
+    iterations: tuple[tuple[str, int], ...] = (("pretrain", 30), ("stage1", 60), ("stage2", 300), ("stage3", 200))
     seed: int = 0
 
     @classmethod
@@ -47,8 +47,8 @@ class DemoSettings:
 STAGES = {
     "pretrain": {"blend": {"medical": 1.0}, "lr": 3e-3, "freeze": ["vision", "language"]},
     "stage1": {"blend": {"general": 1.0}, "lr": 3e-3, "freeze": []},
-    "stage2": {"blend": {"medical": 1.0}, "lr": 3e-3, "freeze": []},
-    "stage3": {"blend": {"medical": 0.5, "shifted": 0.3, "general": 0.2}, "lr": 2e-3, "freeze": []},
+    "stage2": {"blend": {"medical": 1.0}, "lr": 5e-3, "freeze": []},
+    "stage3": {"blend": {"medical": 0.5, "shifted": 0.3, "general": 0.2}, "lr": 3e-3, "freeze": []},
 }
 
 

@@ -145,7 +145,7 @@ def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config
     tflops_per_gpu = flops / seconds / world / 1e12
     # The loader's cumulative counters (truncations, bad inputs, ...) of this data-parallel rank.
     loader_counters = {k: v for k, v in source.stats().items() if k.startswith("data/")}
-    return {**loader_counters,
+    return {
         "iteration": iteration, "consumed_samples": consumed,
         "loss": loss_sum / weight_sum if weight_sum else float("nan"),
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
@@ -154,4 +154,5 @@ def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config
         "samples_per_micro_batch": sum(len(p.sample_ids) for p in seen) / len(seen) if seen else 0.0,
         "tflops_per_gpu": tflops_per_gpu, "mfu": tflops_per_gpu / peak if peak else None,
         "step_time_s": seconds, "data_wait_s": wait, "skipped_samples": int(skipped),
+        **loader_counters,
     }
