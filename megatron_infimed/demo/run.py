@@ -117,6 +117,8 @@ def export_and_answer(checkpoint: Path, workdir: Path, tests: dict) -> dict:
 
 def run_demo(workdir: Path, settings: DemoSettings) -> dict:
     start = time.time()
+    # Absolute, so the test files' image paths resolve from wherever they are read.
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[demo] synthetic data and curation in {workdir}", flush=True)
     datasets = build_datasets(workdir, settings.train_size, settings.test_size, 64, settings.seed)
