@@ -147,6 +147,8 @@ class InfiMedModel(MegatronModule):
             input_ids=tokens, position_ids=position_ids, attention_mask=attention_mask,
             decoder_input=decoder_input, labels=labels, packed_seq_params=packed_seq_params,
             inference_context=inference_context,
+            # Generation needs whole-vocabulary logits on every tensor-parallel rank.
+            runtime_gather_output=True if inference_context is not None else None,
         )
 
 
