@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -28,3 +27,10 @@ def torchrun(nproc: int, *args: str, timeout: int = 300, env: dict | None = None
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def shard_flags(dataset, tokenizer, **data) -> list[str]:
+    """Flags for a one-worker, in-process loader over ``dataset`` (deterministic and quick)."""
+    section = {"paths": [str(dataset)], "num_workers": 1, "worker_processes": False, "packing_buffer": 16,
+               "shuffle_buffer": 8, **data}
+    return ["--preset", "tiny", "--tokenizer", str(tokenizer), "--data", json.dumps(section)]

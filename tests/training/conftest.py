@@ -1,6 +1,5 @@
 """Fixtures for training tests: a small prepared dataset with a SentencePiece tokenizer."""
 
-import json
 import random
 
 import pytest
@@ -20,10 +19,3 @@ def shard_dataset(tmp_path_factory):
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(300)]
     tokenizer = train_sentencepiece(corpus, root / "tok", vocab_size=600)
     return root / "medical", tokenizer
-
-
-def shard_flags(dataset, tokenizer, **data) -> list[str]:
-    """Flags for a one-worker, in-process loader over ``dataset`` (deterministic and quick)."""
-    section = {"paths": [str(dataset)], "num_workers": 1, "worker_processes": False, "packing_buffer": 16,
-               "shuffle_buffer": 8, **data}
-    return ["--preset", "tiny", "--tokenizer", str(tokenizer), "--data", json.dumps(section)]

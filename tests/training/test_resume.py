@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import shard_flags
-from trainrun import read_metrics
+from trainrun import read_metrics, shard_flags
 
 from megatron_infimed.training.checkpoint import latest_iteration
 
