@@ -83,23 +83,28 @@ def _prepare(root: str, iteration: int) -> Path:
     return directory
 
 
+def _write_tracker(root: str, iteration: int, directory: Path, model_config, keep_last: int) -> None:
+    """Rank 0, once every rank's files are complete: config files, then the tracker, atomically."""
+    if torch.distributed.get_rank() != 0:
+        return
+    (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+    (directory / "layout.json").write_text(json.dumps(_layout()))
+    tmp = Path(root) / (TRACKER + ".tmp")
+    tmp.write_text(str(iteration))
+    os.replace(tmp, Path(root) / TRACKER)
+    _remove_old(root, iteration, keep_last)
+
+
 def _commit(root: str, iteration: int, directory: Path, model_config, keep_last: int = 0) -> None:
-    """After every rank has written its part: config files, then the tracker, atomically."""
-    if torch.distributed.get_rank() == 0:
-        (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
-        (directory / "layout.json").write_text(json.dumps(_layout()))
     torch.distributed.barrier()
-    if torch.distributed.get_rank() == 0:
-        tmp = Path(root) / (TRACKER + ".tmp")
-        tmp.write_text(str(iteration))
-        os.replace(tmp, Path(root) / TRACKER)
-        _remove_old(root, iteration, keep_last)
+    _write_tracker(root, iteration, directory, model_config, keep_last)
     torch.distributed.barrier()
 
 
 def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, scheduler, data_source,
-         run_config, tokenizer_path: str | None = None) -> Path:
-    """Collective: every rank calls it."""
+         run_config, tokenizer_path: str | None = None, async_queue=None) -> Path:
+    """Collective: every rank calls it. With ``async_queue`` (megatron-core's ``AsyncCallsQueue``)
+    the tensors are written in the background and the tracker only once every rank is done."""
     directory = _prepare(root, iteration)
     rank = torch.distributed.get_rank()
     model_state = _model_state(chunks)
@@ -110,7 +115,7 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
         "iteration": iteration,
         "consumed_samples": consumed_samples,
     }
-    dist_checkpointing.save(state, str(directory))
+    request = dist_checkpointing.save(state, str(directory), async_sharded_save=async_queue is not None)
     (directory / "rng").mkdir(exist_ok=True)
     torch.save({"layout": _layout(), **_rng_state()}, directory / "rng" / f"rank{rank}.pt")
     if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_first_stage():
@@ -121,7 +126,12 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
         (directory / "run_config.json").write_text(json.dumps(run_config.to_dict(), indent=2, default=str))
         if tokenizer_path:
             _copy_tokenizer(tokenizer_path, directory / "tokenizer")
-    _commit(root, iteration, directory, chunks[0].model_config, run_config.keep_last)
+    if async_queue is None:
+        _commit(root, iteration, directory, chunks[0].model_config, run_config.keep_last)
+    else:
+        request.add_finalize_fn(lambda: _write_tracker(root, iteration, directory, chunks[0].model_config,
+                                                       run_config.keep_last))
+        async_queue.schedule_async_request(request)
     return directory
 
 

@@ -13,6 +13,7 @@ import time
 import torch
 
 from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_infimed.runtime import distributed
@@ -92,6 +93,7 @@ def train(config: TrainConfig) -> dict:
     ledger = checkpoint.SampleLedger(config.run_dir, parallel_state.is_pipeline_last_stage()
                                      and parallel_state.get_tensor_model_parallel_rank() == 0)
     peak = peak_tflops()
+    async_queue = AsyncCallsQueue() if config.async_save else None
     record: dict = {}
     while iteration < config.train_iters:
         step_start = time.perf_counter()
@@ -120,11 +122,18 @@ def train(config: TrainConfig) -> dict:
                      and time.time() - start_time > 60 * config.exit_duration_in_mins)
         must_exit = _any_rank(stop.requested or timed_out)
         due = config.save_interval and iteration % config.save_interval == 0
+        if async_queue is not None:
+            async_queue.maybe_finalize_async_calls(blocking=False)
         if config.save and (due or must_exit or iteration == config.train_iters):
+            if async_queue is not None:  # one save in flight at a time
+                async_queue.maybe_finalize_async_calls(blocking=True)
             checkpoint.save(config.save, iteration, consumed, chunks, optimizer, scheduler, source, config,
-                            tokenizer_path=None if config.mock_data else config.tokenizer)
+                            tokenizer_path=None if config.mock_data else config.tokenizer, async_queue=async_queue)
         if must_exit:
             break
+    if async_queue is not None:
+        async_queue.maybe_finalize_async_calls(blocking=True)
+        async_queue.close()
     logger.close()
     distributed.shutdown()
     return record

@@ -61,10 +61,10 @@ def reference(shard_dataset, tmp_path_factory):
     return read_metrics(root / "run"), ledger(root / "run")
 
 
-@pytest.mark.parametrize("kill_after", [3, 6])
-def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(shard_dataset, tmp_path, reference, kill_after):
+@pytest.mark.parametrize("kill_after, flags", [(3, []), (6, []), (5, ["--async-save"])])
+def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(shard_dataset, tmp_path, reference, kill_after, flags):
     ref_metrics, ref_ledger = reference
-    cmd = command(*shard_dataset, tmp_path / "run", tmp_path / "ckpt")
+    cmd = command(*shard_dataset, tmp_path / "run", tmp_path / "ckpt", *flags)
     process = start_and_wait_for(cmd, tmp_path / "run", kill_after)
     process.send_signal(signal.SIGKILL)
     process.wait()
