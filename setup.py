@@ -1,6 +1,6 @@
 """megatron-infimed: a Megatron-style training codebase for medical vision-language models."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="megatron-infimed",
@@ -9,7 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_infimed", "megatron_infimed.*"]),
+    # Namespace discovery so data folders (convert/hf_files, bench/data) ship as package data.
+    packages=find_namespace_packages(include=["megatron_infimed", "megatron_infimed.*"]),
     include_package_data=True,
     package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "convert/hf_files/*.py",
                                       "bench/data/*.json"]},

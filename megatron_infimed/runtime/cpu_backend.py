@@ -86,6 +86,8 @@ def enable() -> None:
     torch.cuda.nvtx.range_pop = lambda *a, **k: None
     # megatron's own setter defers to torch.cuda._lazy_call, which never runs without CUDA.
     mcore_random._set_cuda_rng_state = _set_rng_state
+    # Activation recomputation saves and restores the "CUDA" RNG through this getter.
+    mcore_random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
     mcore_optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
     _ACTIVE_MODE = _CudaToCpuMode()
     _ACTIVE_MODE.__enter__()
