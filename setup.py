@@ -34,7 +34,7 @@ setup(
         "transformers>=5.0",
     ],
     extras_require={
-        # NVIDIA Apex is optional and never listed: the PyPI package named "apex" is unrelated.
+        # NVIDIA Apex is optional and never listed: the PyPI package of that name is unrelated.
         "gpu": ["transformer-engine[pytorch]"],
         "wandb": ["wandb"],
         "dicom": ["pydicom"],

@@ -18,12 +18,11 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from megatron_infimed.bench.report import BenchResult
-from megatron_infimed.bench.timing import alternate, median
+from megatron_infimed.bench.timing import alternate, in_workdir, median
 
 GB = 1e9
 
@@ -100,12 +99,7 @@ def _run_child(mode: str, source: Path, target: Path, max_shard_size: str) -> di
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="infimed-bench-convert-"))
-    try:
-        return _measure(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    return in_workdir(args.workdir, "infimed-bench-convert-", lambda work: _measure(args, work))
 
 
 def _measure(args: argparse.Namespace, work: Path) -> BenchResult:

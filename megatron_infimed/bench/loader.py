@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch
 from PIL import Image
 
 from megatron_infimed.bench.report import BenchResult
-from megatron_infimed.bench.timing import alternate, median
+from megatron_infimed.bench.timing import alternate, in_workdir, median
 from megatron_infimed.data.chat_template import tokenize_conversation
 from megatron_infimed.data.pack import IGNORE_INDEX
 
@@ -118,12 +116,7 @@ def train_tokenizer(records: list[dict], work: Path):
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="infimed-bench-loader-"))
-    try:
-        return _measure(args, work)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    return in_workdir(args.workdir, "infimed-bench-loader-", lambda work: _measure(args, work))
 
 
 def _measure(args: argparse.Namespace, work: Path) -> BenchResult:

@@ -12,8 +12,11 @@ A side is a callable that does the work once; it may return its own elapsed seco
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -56,3 +59,13 @@ def alternate(sides: dict[str, Callable[[], float | None]], repeats: int = 3,
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def in_workdir(workdir: str | None, prefix: str, measure: Callable[[Path], object]):
+    """``measure(folder)`` in ``workdir``, or in a temporary folder that is removed afterwards."""
+    work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+    try:
+        return measure(work)
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -65,7 +65,7 @@ def test_resume_yields_exactly_the_following_packs(datasets, sp_tokenizer, tiny_
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)  # the trainer saves it with the checkpoint
     buffer.seek(0)
-    state = torch.load(buffer)  # weights_only: plain containers and bytes only
+    state = torch.load(buffer, weights_only=True)  # plain containers and bytes only
     assert state["packer"]["open"] or state["packer"]["pending"]  # the packer buffer travels too
     resumed = loader_for(datasets, sp_tokenizer, tiny_config, 1, 2, mbs=2, weights=(2.0, 1.0))
     resumed.load_state_dict(state)
