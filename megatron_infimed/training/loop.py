@@ -146,14 +146,15 @@ def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config
     slots = sum(p.num_tokens for p in seen)
     flops = sum(training_flops(model_config, (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist(),
                                p.images.shape[0]) for p in seen)
+    stats = source.stats()
     totals = torch.tensor([accumulator.loss_sum.item(), accumulator.weight_sum.item(), real, slots, flops,
-                           source.stats().get("skipped", 0)], dtype=torch.float64)
+                           stats.get("skipped", 0)], dtype=torch.float64)
     torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
     world = torch.distributed.get_world_size()
     tflops_per_gpu = flops / seconds / world / 1e12
     # The loader's cumulative counters (truncations, bad inputs, ...) of this data-parallel rank.
-    loader_counters = {k: v for k, v in source.stats().items() if k.startswith("data/")}
+    loader_counters = {k: v for k, v in stats.items() if k.startswith("data/")}
     return {
         "iteration": iteration, "consumed_samples": consumed,
         "loss": loss_sum / weight_sum if weight_sum else float("nan"),
