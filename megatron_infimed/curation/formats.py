@@ -68,6 +68,16 @@ def _json_list(path: str) -> list:
     return data
 
 
+def _json_objects(path: str, result: "ReadResult"):
+    """(location, record) for each object of a JSON list; anything else is a counted bad record."""
+    for i, obj in enumerate(_json_list(path)):
+        loc = f"{os.path.basename(path)}[{i}]"
+        if not isinstance(obj, dict):
+            result.items.append(RecordError(None, "parse/bad_record", f"{loc}: expected a JSON object", loc))
+            continue
+        yield loc, obj
+
+
 def _jsonl_items(path: str) -> list[tuple[str, object]]:
     """(location, parsed object | RecordError) per non-blank line."""
     out = []
@@ -160,11 +170,7 @@ def read_captions(path: str, root: str, source: str, **_: object) -> ReadResult:
 
 def read_vqa_rad(path: str, root: str, source: str, split: str = "train", **_: object) -> ReadResult:
     result = ReadResult()
-    for i, obj in enumerate(_json_list(path)):
-        loc = f"{os.path.basename(path)}[{i}]"
-        if not isinstance(obj, dict):
-            result.items.append(RecordError(None, "parse/bad_record", f"{loc}: expected a JSON object", loc))
-            continue
+    for loc, obj in _json_objects(path, result):
         is_test = str(obj.get("phrase_type", "")).strip() in VQA_RAD_TEST_PHRASES
         if split != "all" and is_test != (split == "test"):
             result.excluded += 1
@@ -189,11 +195,7 @@ def read_vqa_rad(path: str, root: str, source: str, split: str = "train", **_: o
 
 def read_slake(path: str, root: str, source: str, language: str = "en", **_: object) -> ReadResult:
     result = ReadResult()
-    for i, obj in enumerate(_json_list(path)):
-        loc = f"{os.path.basename(path)}[{i}]"
-        if not isinstance(obj, dict):
-            result.items.append(RecordError(None, "parse/bad_record", f"{loc}: expected a JSON object", loc))
-            continue
+    for loc, obj in _json_objects(path, result):
         if language != "all" and obj.get("q_lang") != language:
             result.excluded += 1
             continue

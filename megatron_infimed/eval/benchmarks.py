@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from megatron_infimed.curation.formats import VQA_RAD_SPLITS
-from megatron_infimed.eval.questions import Question, image_problem
+from megatron_infimed.eval.questions import Question, image_problem, jsonl_records
 
 OPTION_LETTERS = "ABCDEFGH"
 
@@ -243,37 +243,29 @@ def read_jsonl(path: Path, *, image_root=None) -> list[Question]:
     """Generic JSONL: ``options`` (list or letter->text) makes a choice question; "image" may be null."""
     base = _image_base(path, image_root)
     questions = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BenchmarkFormatError(f"{where}: not valid JSON ({err.msg})") from err
-            qid = _id(_field(record, "id", where), "id", where)
-            where = f"{path} line {line_number} (id {qid})"
-            answer = _text(_field(record, "answer", where), "answer", where)
-            raw_options = record.get("options")
-            if isinstance(raw_options, list):
-                raw_options = dict(zip(OPTION_LETTERS, raw_options))
-            if raw_options is not None and not isinstance(raw_options, dict):
-                raise BenchmarkFormatError(f"{where}: 'options' should be a list or an object, got {raw_options!r}")
-            options = {str(k).upper(): _text(v, f"options[{k}]", where) for k, v in (raw_options or {}).items()}
-            if not set(options) <= set(OPTION_LETTERS):
-                raise BenchmarkFormatError(f"{where}: option keys {sorted(options)} should be letters A-H")
-            image = record.get("image")
-            questions.append(
-                Question(
-                    id=qid,
-                    question=_text(_field(record, "question", where), "question", where),
-                    answer=_gold_letter(answer, options, where) if options else answer,
-                    type="choice" if options else _closed_or_open(answer),
-                    options=options,
-                    image=None if image is None else base / _text(image, "image", where),
-                )
+    for line_number, where, record in jsonl_records(path, BenchmarkFormatError):
+        qid = _id(_field(record, "id", where), "id", where)
+        where = f"{path} line {line_number} (id {qid})"
+        answer = _text(_field(record, "answer", where), "answer", where)
+        raw_options = record.get("options")
+        if isinstance(raw_options, list):
+            raw_options = dict(zip(OPTION_LETTERS, raw_options))
+        if raw_options is not None and not isinstance(raw_options, dict):
+            raise BenchmarkFormatError(f"{where}: 'options' should be a list or an object, got {raw_options!r}")
+        options = {str(k).upper(): _text(v, f"options[{k}]", where) for k, v in (raw_options or {}).items()}
+        if not set(options) <= set(OPTION_LETTERS):
+            raise BenchmarkFormatError(f"{where}: option keys {sorted(options)} should be letters A-H")
+        image = record.get("image")
+        questions.append(
+            Question(
+                id=qid,
+                question=_text(_field(record, "question", where), "question", where),
+                answer=_gold_letter(answer, options, where) if options else answer,
+                type="choice" if options else _closed_or_open(answer),
+                options=options,
+                image=None if image is None else base / _text(image, "image", where),
             )
+        )
     return questions
 
 

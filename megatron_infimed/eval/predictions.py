@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from megatron_infimed.eval.questions import jsonl_records
+
 
 class PredictionsError(ValueError):
     """A predictions file that cannot be matched to the benchmark."""
@@ -32,33 +34,25 @@ def read_predictions(path: str | Path, question_ids: Iterable[str]) -> dict[str,
     known = set(question_ids)
     predictions: dict[str, str | None] = {}
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PredictionsError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict) or "id" not in record or "prediction" not in record:
-                raise PredictionsError(
-                    f'{where}: expected an object with "id" and "prediction", got {line.strip()[:120]}'
-                )
-            raw_id, prediction = record["id"], record["prediction"]
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                raise PredictionsError(f"{where}: id should be a string or integer, got {raw_id!r}")
-            if prediction is not None and not isinstance(prediction, str):
-                raise PredictionsError(
-                    f"{where} (id {raw_id}): prediction should be a string or null, got {prediction!r}"
-                )
-            question_id = str(raw_id).strip()
-            if question_id not in known:
-                raise PredictionsError(f"{where}: id {question_id!r} is not a question of this benchmark")
-            if question_id in predictions:
-                raise PredictionsError(
-                    f"{where}: id {question_id!r} was already given on line {first_line[question_id]}"
-                )
-            predictions[question_id] = prediction
-            first_line[question_id] = line_number
+    for line_number, where, record in jsonl_records(path, PredictionsError):
+        if not isinstance(record, dict) or "id" not in record or "prediction" not in record:
+            raise PredictionsError(
+                f'{where}: expected an object with "id" and "prediction", got {json.dumps(record)[:120]}'
+            )
+        raw_id, prediction = record["id"], record["prediction"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise PredictionsError(f"{where}: id should be a string or integer, got {raw_id!r}")
+        if prediction is not None and not isinstance(prediction, str):
+            raise PredictionsError(
+                f"{where} (id {raw_id}): prediction should be a string or null, got {prediction!r}"
+            )
+        question_id = str(raw_id).strip()
+        if question_id not in known:
+            raise PredictionsError(f"{where}: id {question_id!r} is not a question of this benchmark")
+        if question_id in predictions:
+            raise PredictionsError(
+                f"{where}: id {question_id!r} was already given on line {first_line[question_id]}"
+            )
+        predictions[question_id] = prediction
+        first_line[question_id] = line_number
     return predictions

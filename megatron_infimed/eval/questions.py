@@ -17,9 +17,10 @@ never scored, rather than silently disappearing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Iterator, Literal, Mapping
 
 from PIL import Image
 
@@ -66,3 +67,16 @@ def image_problem(path: Path) -> str | None:
     except Exception:  # noqa: BLE001
         return IMAGE_UNREADABLE
     return None
+
+
+def jsonl_records(path: Path, error: type[Exception]) -> Iterator[tuple[int, str, object]]:
+    """(line number, "PATH line N", parsed value) per non-blank line; bad JSON raises ``error`` naming the line."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            try:
+                yield line_number, where, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{where}: not valid JSON ({err.msg})") from err
