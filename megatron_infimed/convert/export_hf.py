@@ -6,10 +6,10 @@
 |                   | language_model}.*, lm_head (untied only)  | trust_remote_code=True (files in hf_files/) |
 | ``language_only`` | model.*, lm_head: a plain Qwen3ForCausalLM| Qwen3ForCausalLM, no remote code            |
 
-Streaming: output shards are planned from the checkpoint's metadata first (sizes are known without
-reading a weight); then each shard's tensors are read from the torch_dist files one global tensor
-(or one layer of a stacked tensor) at a time, converted, written and dropped, so peak memory is one
-output shard. Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end;
+Streaming: output shards are planned from the checkpoint's metadata first (names, shapes and sizes
+are known without reading a weight), so each shard's header is written before its data; then the
+tensors are read from the torch_dist files one global tensor (or one layer of a stacked tensor) at
+a time, converted, written and dropped, so peak memory is one megatron tensor and its split. Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end;
 any failure removes it, and every shape check runs before the folder is created.
 """
 
@@ -21,13 +21,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.convert import mapping
 from megatron_infimed.convert.dist_reader import DistCheckpointReader
 from megatron_infimed.convert.hf_config import infimed_config, qwen3_config
+from megatron_infimed.convert.safetensors_writer import SafetensorsWriter
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 HF_FILES = Path(__file__).parent / "hf_files"
@@ -36,7 +36,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def checkpoint_directory(checkpoint: str | Path) -> Path:
     """The iteration folder: ``CKPT`` itself, or the one ``CKPT/latest_checkpointed_iteration.txt`` names."""
-    from megatron_infimed.training.checkpoint import latest_iteration
+    from megatron_infimed.training.tracker import latest_iteration
 
     path = Path(checkpoint)
     if (path / ".metadata").is_file():
@@ -169,16 +169,16 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         bar = tqdm(total=len(entries), desc=f"export {output.name}", unit="tensor", disable=not progress)
         for number, shard in enumerate(shards, start=1):
             name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            tensors = {}
-            for entry in shard:
-                fused = reader.read(entry.megatron, entry.layer)
-                for hf, tensor in zip(entry.hf, mapping.split(entry, fused, config)):
-                    tensors[prefixes[entry.row.part] + hf] = tensor.to(out_dtype).contiguous()
-                bar.update(1)
-            save_file(tensors, str(partial / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(tensors, name))
-            total += sum(t.numel() * t.element_size() for t in tensors.values())
-            del tensors
+            specs = [(prefixes[entry.row.part] + hf, out_dtype, shape)
+                     for entry in shard for hf, shape in zip(entry.hf, entry.hf_shapes)]
+            with SafetensorsWriter(partial / name, specs, metadata={"format": "pt"}) as writer:
+                for entry in shard:
+                    fused = reader.read(entry.megatron, entry.layer)
+                    for hf, tensor in zip(entry.hf, mapping.split(entry, fused, config)):
+                        writer.write(prefixes[entry.row.part] + hf, tensor.to(out_dtype))
+                    bar.update(1)
+            weight_map.update(dict.fromkeys((spec[0] for spec in specs), name))
+            total += writer.data_bytes
         bar.close()
         (partial / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
@@ -188,4 +188,6 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        reader.close()
     return output

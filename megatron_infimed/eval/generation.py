@@ -95,12 +95,13 @@ class MegatronGenerator:
         from megatron_infimed.model.token_reduction import tokens_per_image
         from megatron_infimed.runtime import distributed
         from megatron_infimed.training import checkpoint as ckpt
+        from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration
 
         root = Path(checkpoint)
-        iteration = ckpt.latest_iteration(root)
+        iteration = latest_iteration(root)
         if iteration is None:
-            raise FileNotFoundError(f"no checkpoint under {root} (missing {ckpt.TRACKER})")
-        directory = root / f"iter_{iteration:07d}"
+            raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
+        directory = iteration_dir(root, iteration)
         if not torch.distributed.is_initialized():
             distributed.initialize(distributed.ParallelConfig(), seed=0)
         import json

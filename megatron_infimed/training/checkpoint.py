@@ -16,7 +16,6 @@ resumes from the previous one; older iterations beyond ``keep_last`` are removed
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,28 +24,7 @@ import torch
 
 from megatron.core import dist_checkpointing, parallel_state
 
-TRACKER = "latest_checkpointed_iteration.txt"
-
-
-def _iter_dir(root: str | Path, iteration: int) -> Path:
-    return Path(root) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(root: str | Path | None) -> int | None:
-    if not root:
-        return None
-    tracker = Path(root) / TRACKER
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise ValueError(f"{tracker} holds '{text}', expected an iteration number")
-    return int(text)
-
-
-def has_checkpoint(root: str | Path | None) -> bool:
-    return latest_iteration(root) is not None
-
+from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration, write_tracker
 
 def _model_state(chunks) -> dict:
     # Sharded keys carry global layer numbers, so one flat prefix works for every layout.
@@ -74,7 +52,7 @@ def _rng_state() -> dict:
 
 
 def _prepare(root: str, iteration: int) -> Path:
-    directory = _iter_dir(root, iteration)
+    directory = iteration_dir(root, iteration)
     if torch.distributed.get_rank() == 0:
         if directory.exists():  # a save of this iteration that did not finish
             shutil.rmtree(directory)
@@ -89,9 +67,7 @@ def _write_tracker(root: str, iteration: int, directory: Path, model_config, kee
         return
     (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
     (directory / "layout.json").write_text(json.dumps(_layout()))
-    tmp = Path(root) / (TRACKER + ".tmp")
-    tmp.write_text(str(iteration))
-    os.replace(tmp, Path(root) / TRACKER)
+    write_tracker(root, iteration)
     _remove_old(root, iteration, keep_last)
 
 
@@ -149,13 +125,13 @@ def _remove_old(root: str, current: int, keep_last: int) -> None:
     finished = sorted(int(p.name[5:]) for p in Path(root).glob("iter_*") if p.name[5:].isdigit()
                       and int(p.name[5:]) <= current)
     for old in finished[:-keep_last]:
-        shutil.rmtree(_iter_dir(root, old), ignore_errors=True)
+        shutil.rmtree(iteration_dir(root, old), ignore_errors=True)
 
 
 def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool = False) -> dict:
     """Resume everything from the latest complete checkpoint under ``root``."""
     iteration = latest_iteration(root)
-    directory = _iter_dir(root, iteration)
+    directory = iteration_dir(root, iteration)
     model_state = _model_state(chunks)
     state = {**model_state, "optimizer": optimizer.sharded_state_dict(model_state, is_loading=True)}
     loaded = dist_checkpointing.load(state, str(directory))
@@ -208,7 +184,7 @@ def load_weights(root: str, chunks) -> int:
     iteration = latest_iteration(root)
     if iteration is None:
         raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
-    loaded = dist_checkpointing.load(_model_state(chunks), str(_iter_dir(root, iteration)))
+    loaded = dist_checkpointing.load(_model_state(chunks), str(iteration_dir(root, iteration)))
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=True)
     return iteration

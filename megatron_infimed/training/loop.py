@@ -27,6 +27,7 @@ from megatron_infimed.training.setup import (
     build_model_chunks, build_optimizer, freeze, wrap_ddp,
 )
 from megatron_infimed.training.step import LossAccumulator, make_finalize_grads, make_forward_step
+from megatron_infimed.training.tracker import has_checkpoint
 
 
 class _StopRequest:
@@ -68,13 +69,13 @@ def train(config: TrainConfig) -> dict:
     dp, gbs, num_micro = _batch_sizes(config)
     source, model_config = build_data_source(config, dp, num_micro)
     chunks = build_model_chunks(config, model_config)
-    if config.pretrained_checkpoint and not checkpoint.has_checkpoint(config.load):
+    if config.pretrained_checkpoint and not has_checkpoint(config.load):
         checkpoint.load_weights(config.pretrained_checkpoint, chunks)
     freeze(chunks, config)
     model = wrap_ddp(chunks, config)
     optimizer, scheduler = build_optimizer(model, config)
     iteration, consumed = 0, 0
-    if checkpoint.has_checkpoint(config.load):
+    if has_checkpoint(config.load):
         state = checkpoint.load(config.load, chunks, optimizer, scheduler, source, config.reset_data_state)
         iteration, consumed = state["iteration"], state["consumed_samples"]
 

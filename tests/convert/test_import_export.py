@@ -192,3 +192,15 @@ def test_projector_given_to_import_is_taken_instead_of_a_fresh_one(hf_sources, t
                        exported["model.multi_modal_projector.linear_1.weight"])
     assert torch.equal(reader.read("projector.encoder.linear_fc2.bias", None),
                        exported["model.multi_modal_projector.linear_2.bias"])
+
+
+def test_megatron_checkpoints_are_read_without_going_through_dcp(tp1_checkpoint, tmp_path, monkeypatch):
+    """megatron-core's records are plain contiguous tensors: every read is a direct one (the fast
+    path the convert benchmark measures), none falls back to DCP's whole-record load."""
+    from megatron_infimed.convert.dist_reader import DistCheckpointReader
+    from megatron_infimed.convert.export_hf import export_hf
+
+    fallbacks = []
+    monkeypatch.setattr(DistCheckpointReader, "_read_dcp", lambda self, key, *a: fallbacks.append(key))
+    export_hf(tp1_checkpoint, tmp_path / "out", progress=False)
+    assert fallbacks == []

@@ -1,0 +1,89 @@
+"""Write a ``.safetensors`` file one tensor at a time, straight from each tensor's memory.
+
+``safetensors.torch.save_file`` needs every tensor of a file in memory at once and copies each
+into a ``bytes`` object before writing. An export knows every name, dtype and shape before it
+reads a weight, so it can write the header first and then stream the tensors: memory holds one
+tensor, and each byte is copied once (tensor → file). The layout is the format's own:
+
+    [8 bytes: header length N, little-endian u64][N bytes: JSON header, space-padded to 8][data]
+
+with each header entry ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the data
+section, in write order and without holes. Files are read back with the ``safetensors`` library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+import torch
+
+DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+               torch.bool: "BOOL"}
+
+
+class SafetensorsWriter:
+    """``with SafetensorsWriter(path, [(name, dtype, shape), ...]) as w: w.write(name, tensor) ...``
+
+    Tensors must come in the order declared, with the declared dtype and shape; closing checks
+    that every one was written."""
+
+    def __init__(self, path: str | Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        if sys.byteorder != "little":  # the format is little-endian; tensors are written as they lie in memory
+            raise RuntimeError("SafetensorsWriter writes raw tensor memory and needs a little-endian machine")
+        self.path = Path(path)
+        header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+        self._pending: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+        offset = 0
+        for name, dtype, shape in specs:
+            if name in header:
+                raise ValueError(f"{self.path}: tensor name {name!r} is declared twice")
+            if dtype not in DTYPE_NAMES:
+                raise ValueError(f"{self.path}: tensor {name!r} has dtype {dtype}, which safetensors "
+                                 f"cannot hold here; expected one of {sorted(map(str, DTYPE_NAMES))}")
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._pending.append((name, dtype, tuple(shape), nbytes))
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        self.data_bytes = offset
+        self._pending.reverse()  # pop() from the end = declaration order
+        self._file = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(text)) + text)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._pending:
+            raise ValueError(f"{self.path}: tensor {name!r} was not declared (all declared tensors are written)")
+        expected, dtype, shape, nbytes = self._pending[-1]
+        if name != expected:
+            raise ValueError(f"{self.path}: got tensor {name!r}, expected {expected!r} next (declaration order)")
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ValueError(f"{self.path}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
+                             f"declared {dtype} {shape}")
+        self._pending.pop()
+        if nbytes:
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            self._file.write(memoryview(data.numpy()))
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.close()
+        if self._pending:
+            missing = [name for name, *_ in reversed(self._pending)]
+            raise ValueError(f"{self.path}: closed before writing {len(missing)} declared tensor(s): {missing[:5]}")
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:  # the caller's error explains the incomplete file; do not mask it
+            self._file.close()
