@@ -88,11 +88,9 @@ def run(args: argparse.Namespace) -> BenchResult:
             out.float().sum().backward()
 
     def dense():
-        # [1, heads, L, d]; K/V heads repeated for the query groups as the packed side does.
-        qd = q.transpose(0, 1).unsqueeze(0)
-        kd = k.repeat_interleave(heads // groups, dim=1).transpose(0, 1).unsqueeze(0)
-        vd = v.repeat_interleave(heads // groups, dim=1).transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale)
+        # [1, heads, L, d]; GQA inside SDPA, as the packed side does.
+        qd, kd, vd = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale, enable_gqa=groups != heads)
         if args.backward:
             out.float().sum().backward()
 

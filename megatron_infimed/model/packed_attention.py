@@ -31,15 +31,10 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _varlen_attn = None
 
 
-def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """[..., ng, hn] → [..., ng × groups, hn] so each query head sees its group's K/V."""
-    return x if groups == 1 else x.repeat_interleave(groups, dim=-2)
-
-
 def attention_per_segment(query, key, value, cu_seqlens: torch.Tensor, causal: bool, scale: float):
     """THD attention: [T, np, hn] × [T, ng, hn] → [T, np, hn], each segment on its own."""
-    groups = query.shape[1] // key.shape[1]
-    key, value = _expand_kv(key, groups), _expand_kv(value, groups)
+    # GQA: SDPA maps each query head to its K/V group itself (no repeated K/V copies).
+    gqa = query.shape[1] != key.shape[1]
     bounds = cu_seqlens.tolist()
     outputs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -47,7 +42,7 @@ def attention_per_segment(query, key, value, cu_seqlens: torch.Tensor, causal: b
         q = query[start:end].transpose(0, 1).unsqueeze(0)
         k = key[start:end].transpose(0, 1).unsqueeze(0)
         v = value[start:end].transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
         outputs.append(out.squeeze(0).transpose(0, 1))
     return torch.cat(outputs, dim=0)
 
@@ -85,14 +80,12 @@ class PackedDotProductAttention(MegatronModule):
             return out.reshape(out.shape[0], -1)
         # SBHD: [s, b, heads, hn] → [b, heads, s, hn].
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
-        groups = q.shape[1] // k.shape[1]
-        k, v = (x.repeat_interleave(groups, dim=1) if groups > 1 else x for x in (k, v))
         mask = None
         if attention_mask is not None and not causal:
             # megatron masks are True where attention is NOT allowed.
             mask = ~attention_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                             scale=self.scale)
+                                             scale=self.scale, enable_gqa=q.shape[1] != k.shape[1])
         s, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
