@@ -129,8 +129,8 @@ class TrainLoader:
         if self._generators:
             return next(self._generators[worker])
         while not self._inbox[worker]:
-            item = next(self._source)  # type: ignore[arg-type]
-            self._inbox[item.worker].append(item)
+            for item in next(self._source):  # type: ignore[arg-type]  # a group from one worker
+                self._inbox[item.worker].append(item)
         return self._inbox[worker].popleft()
 
     def _next_sample(self) -> Sample | None:

@@ -140,3 +140,28 @@ def test_model_config_must_share_the_tokenizer_image_token(datasets, sp_tokenize
     from megatron_infimed.config.presets import get_preset
     with pytest.raises(ValueError, match="align_model_config"):
         loader_for(datasets, sp_tokenizer, get_preset("tiny"))
+
+
+def test_a_worker_group_shares_two_storages_and_keeps_every_value():
+    """Worker processes send items in groups whose tensors live in two shared storages (one
+    shared-memory segment each); the samples read exactly as before."""
+    from megatron_infimed.data.blending import StreamItem, share_storage
+    from megatron_infimed.data.preprocess import Sample
+
+    g = torch.Generator().manual_seed(0)
+
+    def sample(n, images):
+        return Sample(f"s{n}", "d", torch.randint(0, 99, (n,), generator=g), torch.randint(-100, 99, (n,), generator=g),
+                      torch.randint(0, 255, (images, 3, 4, 4), generator=g, dtype=torch.uint8))
+
+    samples = [sample(5, 1), sample(3, 0), sample(7, 2)]
+    before = [(s.input_ids.clone(), s.labels.clone(), s.pixels.clone()) for s in samples]
+    items = share_storage([StreamItem(0, s, {}) for s in samples] + [StreamItem(0, None, {})])
+    after = [item.sample for item in items[:3]]
+    assert items[3].sample is None
+    for s, (ids, labels, pixels) in zip(after, before):
+        assert torch.equal(s.input_ids, ids) and torch.equal(s.labels, labels) and torch.equal(s.pixels, pixels)
+        assert s.pixels.shape == pixels.shape and s.pixels.dtype == torch.uint8
+    storages = {t.untyped_storage().data_ptr() for s in after for t in (s.input_ids, s.labels)}
+    assert len(storages) == 1
+    assert len({s.pixels.untyped_storage().data_ptr() for s in after}) == 1
