@@ -16,6 +16,7 @@ buffer, so it also runs on the CPU backend.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -29,6 +30,33 @@ try:  # torch ≥ 2.9 ships a varlen flash-attention entry point on CUDA.
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
 except ImportError:  # pragma: no cover - depends on the torch build
     _varlen_attn = None
+
+
+def varlen_attention(varlen, query, key, value, cu_seqlens: torch.Tensor, max_len: int, causal: bool,
+                     scale: float) -> torch.Tensor:
+    """Call torch's ``varlen_attn`` whichever of its signatures this torch has: 2.9 takes
+    ``is_causal`` and no scale; later releases take ``scale`` and ``window_size`` (causal is the
+    window (-1, 0)); GQA (``enable_gqa``) arrived later still. What a release lacks is done here:
+    K/V heads repeated, the query pre-scaled so the kernel's default 1/√d gives ``scale``."""
+    params = inspect.signature(varlen).parameters
+    kwargs = {}
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
+    elif "is_causal" in params:
+        kwargs["is_causal"] = causal
+    elif causal:
+        raise RuntimeError("this torch's varlen_attn takes neither window_size nor is_causal; cannot run causally")
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif abs(scale * math.sqrt(query.shape[-1]) - 1.0) > 1e-12:
+        query = query * (scale * math.sqrt(query.shape[-1]))
+    if query.shape[1] != key.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return varlen(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
 
 
 def attention_per_segment(query, key, value, cu_seqlens: torch.Tensor, causal: bool, scale: float):
@@ -93,7 +121,5 @@ class PackedDotProductAttention(MegatronModule):
         cu = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
         if _varlen_attn is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
             max_len = params.max_seqlen_q or int((cu[1:] - cu[:-1]).max())
-            # window (-1, 0) is causal: no key to the right of the query.
-            return _varlen_attn(query, key, value, cu, cu, max_len, max_len, scale=self.scale,
-                                window_size=(-1, 0) if causal else (-1, -1), enable_gqa=True)
+            return varlen_attention(_varlen_attn, query, key, value, cu, max_len, causal, self.scale)
         return attention_per_segment(query, key, value, cu, causal, self.scale)

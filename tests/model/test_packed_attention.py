@@ -103,3 +103,40 @@ def test_grouped_query_attention_shares_each_kv_head_across_its_group():
     expanded = attention_per_segment(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                      torch.tensor([0, 5]), causal=True, scale=1.0)
     assert torch.equal(out, expanded)
+
+
+# torch's varlen_attn as each release shaped it: 2.9 (is_causal, default scale, no GQA), 2.10
+# (scale, window_size, no GQA), 2.12+ (also enable_gqa). Each fake computes what the real kernel
+# would, per segment, and refuses what its release would not take.
+def _fake_varlen(query, key, value, cu, scale, causal, gqa_allowed):
+    if query.shape[1] != key.shape[1] and not gqa_allowed:
+        raise AssertionError("this release's varlen_attn has no GQA: K/V must come repeated")
+    return attention_per_segment(query, key, value, cu, causal, scale)
+
+
+def varlen_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    return _fake_varlen(query, key, value, cu_seq_q, query.shape[-1] ** -0.5, is_causal, False)
+
+
+def varlen_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1)):
+    assert window_size in ((-1, -1), (-1, 0))
+    return _fake_varlen(query, key, value, cu_seq_q, scale, window_size == (-1, 0), False)
+
+
+def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    return _fake_varlen(query, key, value, cu_seq_q, scale, window_size == (-1, 0), enable_gqa)
+
+
+@pytest.mark.parametrize("varlen", [varlen_2_9, varlen_2_10, varlen_2_12])
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_call_fits_every_torch_signature(varlen, causal):
+    from megatron_infimed.model.packed_attention import varlen_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(11, 4, 8, generator=g), torch.randn(11, 2, 8, generator=g), torch.randn(11, 2, 8, generator=g)
+    cu = torch.tensor([0, 4, 11], dtype=torch.int32)
+    expected = attention_per_segment(q, k, v, cu, causal, 0.3)
+    got = varlen_attention(varlen, q, k, v, cu, 7, causal, 0.3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
