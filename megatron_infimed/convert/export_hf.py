@@ -28,6 +28,8 @@ from megatron_infimed.convert import mapping
 from megatron_infimed.convert.dist_reader import DistCheckpointReader
 from megatron_infimed.convert.hf_config import infimed_config, qwen3_config
 from megatron_infimed.convert.safetensors_writer import SafetensorsWriter
+from megatron_infimed.data.images import RESIZE_MODES
+from megatron_infimed.data.tokenizer import IMAGE_PAD, IMAGE_PLACEHOLDER
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 HF_FILES = Path(__file__).parent / "hf_files"
@@ -113,14 +115,34 @@ def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
-def _write_configs(config: ModelConfig, target: Path, language_only: bool, tokens: dict, dtype: str) -> None:
+def _resize_mode(directory: Path) -> str:
+    """The training run's image fit (``data.image_resize`` in run_config.json; the loader's default
+    ``pad`` when the checkpoint has no run config, e.g. one made by import-hf)."""
+    run_config = directory / "run_config.json"
+    data = json.loads(run_config.read_text()).get("data", {}) if run_config.is_file() else {}
+    mode = data.get("image_resize", "pad")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"{run_config} has data.image_resize {mode!r}; expected one of {RESIZE_MODES}")
+    return mode
+
+
+def _write_configs(config: ModelConfig, target: Path, language_only: bool, tokens: dict, dtype: str,
+                   resize_mode: str = "pad") -> None:
     if language_only:
         hf = {**qwen3_config(config.language, tokens), "dtype": dtype}
     else:
         hf = infimed_config(config, tokens, tokens_per_image(config), dtype)
-        for file in ("configuration_infimed.py", "modeling_infimed.py"):
+        for file in ("configuration_infimed.py", "modeling_infimed.py", "processing_infimed.py"):
             shutil.copy2(HF_FILES / file, target / file)
         vision = config.vision
+        # The processor prepares prompts and images as training did (pad to square, <image> expanded).
+        (target / "processor_config.json").write_text(json.dumps({
+            "processor_class": "InfiMedProcessor",
+            "auto_map": {"AutoProcessor": "processing_infimed.InfiMedProcessor"},
+            "image_size": vision.image_size, "image_mean": list(vision.image_mean),
+            "image_std": list(vision.image_std), "image_seq_length": tokens_per_image(config),
+            "image_token": IMAGE_PAD, "placeholder": IMAGE_PLACEHOLDER, "resize_mode": resize_mode,
+        }, indent=2))
         (target / "preprocessor_config.json").write_text(json.dumps({
             "image_processor_type": "SiglipImageProcessor", "do_resize": True, "do_rescale": True,
             "do_normalize": True, "image_mean": list(vision.image_mean), "image_std": list(vision.image_std),
@@ -156,6 +178,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
     tokenizer_dir = tokenizer_dir if tokenizer_dir.is_dir() else None
     tokens = _token_ids(tokenizer_dir)
+    resize_mode = _resize_mode(directory)
     stored = reader.tensors[reader.locate(entries[0].megatron, entries[0].layer)[0]].properties.dtype
     out_dtype = DTYPES[dtype] if dtype else stored
     prefixes = mapping.HF_PREFIXES["qwen3" if language_only else "infimed"]
@@ -182,7 +205,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         bar.close()
         (partial / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-        _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."))
+        _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."), resize_mode)
         _write_tokenizer(tokenizer_dir, partial)
         partial.rename(output)
     except BaseException:

@@ -153,32 +153,31 @@ def load_answer_fn(model_path: str, max_new_tokens: int) -> AnswerFn:
 
 
 def _hf_answer_fn(path: Path, max_new_tokens: int) -> AnswerFn:
-    """An exported folder through transformers (its generate() keeps a KV cache)."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    """An exported folder through transformers (its generate() keeps a KV cache); prompts and
+    images are prepared by the folder's own AutoProcessor, as a transformers user would."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from megatron_infimed.data.chat_template import question_prompt, render_conversation
-    from megatron_infimed.data.images import ImagePreprocessor
-    from megatron_infimed.data.tokenizer import IMAGE_PLACEHOLDER
 
+    if not (path / "processor_config.json").is_file():
+        raise FileNotFoundError(f"{path} has no processor_config.json: export it again with this version of "
+                                f"infimed-convert export-hf (full export, not --language-only)")
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = model.config
-    images = ImagePreprocessor(config.vision_config.image_size)
-    pad = "<|image_pad|>" * config.image_seq_length
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    tokenizer = processor.tokenizer
 
     def answer(questions: list[Question]) -> list[str]:
         outputs = []
         for q in questions:
             n = 0 if q.image is None else 1
             text = render_conversation(question_prompt(q.question, n), add_generation_prompt=True)
-            ids = tokenizer(text.replace(IMAGE_PLACEHOLDER, pad), return_tensors="pt").input_ids
-            kwargs = {}
-            if n:
-                kwargs["pixel_values"] = images.normalize(images.decode(Path(q.image).read_bytes())).unsqueeze(0)
+            images = [Image.open(q.image)] if n else None
+            inputs = processor(text=text, images=images)
             with torch.no_grad():
-                out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **kwargs)
-            outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            outputs.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
         return outputs
 
     return answer
