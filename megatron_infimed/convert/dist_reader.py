@@ -209,16 +209,15 @@ class DistCheckpointReader:
         size = tuple(self.tensors[key].size)
         return size[1:] if index is not None else size
 
+    def dtype(self, name: str, layer: int | None) -> torch.dtype:
+        return self.tensors[self.locate(name, layer)[0]].properties.dtype
+
     def read(self, name: str, layer: int | None) -> torch.Tensor:
         """The global tensor (or one layer of a stacked one). When one stored record holds it whole,
         the result is a copy-on-write memory map of the checkpoint file: no bytes are copied until
         they are used, and writes to it never reach the file."""
-        key, index = self.locate(name, layer)
+        key, offsets, sizes, index = self._box(name, layer)
         meta = self.tensors[key]
-        size = tuple(meta.size)
-        offsets, sizes = (0,) * len(size), size
-        if index is not None:
-            offsets, sizes = (index,) + offsets[1:], (1,) + size[1:]
         dtype = meta.properties.dtype
         plan = self._direct_plan(key, meta, offsets, sizes, dtype)
         if plan is not None and len(plan) == 1 and plan[0][2] == tuple(slice(0, n) for n in sizes):
@@ -235,6 +234,40 @@ class DistCheckpointReader:
                 if buffer is not target:
                     target.copy_(buffer)
         return out[0] if index is not None else out
+
+    def _box(self, name: str, layer: int | None) -> tuple[str, tuple[int, ...], tuple[int, ...], int | None]:
+        """(stored key, box offsets, box sizes, layer index or None) of a parameter."""
+        key, index = self.locate(name, layer)
+        size = tuple(self.tensors[key].size)
+        if index is None:
+            return key, (0,) * len(size), size, None
+        return key, (index,) + (0,) * (len(size) - 1), (1,) + size[1:], index
+
+    def row_sources(self, name: str, layer: int | None) -> list[tuple[int, int, int, int]] | None:
+        """Where the parameter's rows (first dim) lie in the checkpoint files, as (first row, rows,
+        fd, byte offset) runs covering every row in order; None unless the stored records split it
+        by rows only and each can be read directly. A record split along another dim (a
+        row-parallel TP shard) does not qualify. The fds stay open until ``close``."""
+        key, offsets, sizes, index = self._box(name, layer)
+        meta = self.tensors[key]
+        row_dim = 0 if index is None else 1
+        if len(sizes) <= row_dim:  # a scalar has no rows
+            return None
+        plan = self._direct_plan(key, meta, offsets, sizes, meta.properties.dtype)
+        if plan is None:
+            return None
+        runs = []
+        for file, start, box in plan:
+            if any(box[d] != slice(0, sizes[d]) for d in range(len(sizes)) if d != row_dim):
+                return None
+            runs.append((box[row_dim].start, box[row_dim].stop - box[row_dim].start, self._fd(file), start))
+        runs.sort()
+        covered = 0
+        for first, rows, _, _ in runs:
+            if first != covered:
+                return None
+            covered += rows
+        return runs if covered == sizes[row_dim] else None
 
     def _read_dcp(self, key: str, offsets: tuple[int, ...], out: torch.Tensor) -> None:
         with warnings.catch_warnings():  # "torch.distributed is disabled ...": single-process reading is the intent

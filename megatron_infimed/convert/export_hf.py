@@ -16,6 +16,7 @@ any failure removes it, and every shape check runs before the folder is created.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -71,6 +72,19 @@ def plan_shards(entries: list[mapping.Entry], bytes_per_element: int, max_bytes:
         shards[-1].append(entry)
         used += size
     return shards
+
+
+def _byte_runs(rows: list[tuple[int, int]], sources: list[tuple[int, int, int, int]],
+               row_bytes: int) -> list[tuple[int, int, int]]:
+    """(fd, offset, bytes) runs of the checkpoint files holding ``rows`` ((first row, count) runs
+    of the megatron tensor) given where its rows are stored (``DistCheckpointReader.row_sources``)."""
+    runs = []
+    for first, count in rows:
+        for start, stored, fd, offset in sources:
+            lo, hi = max(first, start), min(first + count, start + stored)
+            if lo < hi:
+                runs.append((fd, offset + (lo - start) * row_bytes, (hi - lo) * row_bytes))
+    return runs
 
 
 def _check_shapes(reader: DistCheckpointReader, entries: list[mapping.Entry]) -> None:
@@ -179,7 +193,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
     tokenizer_dir = tokenizer_dir if tokenizer_dir.is_dir() else None
     tokens = _token_ids(tokenizer_dir)
     resize_mode = _resize_mode(directory)
-    stored = reader.tensors[reader.locate(entries[0].megatron, entries[0].layer)[0]].properties.dtype
+    stored = reader.dtype(entries[0].megatron, entries[0].layer)
     out_dtype = DTYPES[dtype] if dtype else stored
     prefixes = mapping.HF_PREFIXES["qwen3" if language_only else "infimed"]
     shards = plan_shards(entries, torch.empty((), dtype=out_dtype).element_size(), parse_size(max_shard_size))
@@ -196,9 +210,19 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
                      for entry in shard for hf, shape in zip(entry.hf, entry.hf_shapes)]
             with SafetensorsWriter(partial / name, specs, metadata={"format": "pt"}) as writer:
                 for entry in shard:
-                    fused = reader.read(entry.megatron, entry.layer)
-                    for hf, tensor in zip(entry.hf, mapping.split(entry, fused, config)):
-                        writer.write(prefixes[entry.row.part] + hf, tensor.to(out_dtype))
+                    names = [prefixes[entry.row.part] + hf for hf in entry.hf]
+                    # Same dtype and rows stored as plain runs: file-to-file copies, nothing read.
+                    same_dtype = reader.dtype(entry.megatron, entry.layer) == out_dtype
+                    sources = reader.row_sources(entry.megatron, entry.layer) if same_dtype else None
+                    if sources is not None:
+                        shape = mapping.megatron_shape(entry)
+                        row_bytes = math.prod(shape[1:]) * out_dtype.itemsize
+                        for tensor_name, rows in zip(names, mapping.split_rows(entry, config)):
+                            writer.copy(tensor_name, _byte_runs(rows, sources, row_bytes))
+                    else:
+                        fused = reader.read(entry.megatron, entry.layer)
+                        for tensor_name, tensor in zip(names, mapping.split(entry, fused, config)):
+                            writer.write(tensor_name, tensor.to(out_dtype))
                     bar.update(1)
             weight_map.update(dict.fromkeys((spec[0] for spec in specs), name))
             total += writer.data_bytes

@@ -161,17 +161,27 @@ def join(entry: Entry, tensors: list[torch.Tensor], config: ModelConfig) -> torc
     return torch.cat([q, k, v], dim=1).reshape(-1, *tensors[0].shape[1:])
 
 
-def split(entry: Entry, fused: torch.Tensor, config: ModelConfig) -> list[torch.Tensor]:
-    """The full megatron-core tensor → Hugging Face tensors (inverse of ``join``)."""
-    if entry.row.join == "copy":
-        return [fused]
+def split_rows(entry: Entry, config: ModelConfig) -> list[list[tuple[int, int]]]:
+    """For each Hugging Face tensor (``entry.hf`` order): the (first row, rows) runs of the megatron
+    tensor it is made of, in order; e.g. q_proj = the q rows of every query group."""
     rows = [shape[0] for shape in entry.hf_shapes]
+    if entry.row.join == "copy":
+        return [[(0, rows[0])]]
     if entry.row.join == "gate_up":
-        return [t.contiguous() for t in torch.split(fused, rows, dim=0)]
+        return [[(0, rows[0])], [(rows[0], rows[1])]]
     groups = query_groups(config, entry.row.part)
-    per_group = fused.reshape(groups, -1, *fused.shape[1:])
-    q, k, v = torch.split(per_group, [r // groups for r in rows], dim=1)
-    return [t.reshape(r, *fused.shape[1:]).contiguous() for t, r in zip((q, k, v), rows)]
+    per_group = [r // groups for r in rows]  # q, k, v rows of one group
+    block = sum(per_group)
+    starts = [sum(per_group[:i]) for i in range(3)]
+    return [[(g * block + start, n) for g in range(groups)] for start, n in zip(starts, per_group)]
+
+
+def split(entry: Entry, fused: torch.Tensor, config: ModelConfig) -> list[torch.Tensor]:
+    """The full megatron-core tensor → Hugging Face tensors (inverse of ``join``); a tensor made of
+    one run of rows is a view of ``fused``."""
+    return [fused[runs[0][0]:runs[0][0] + runs[0][1]] if len(runs) == 1
+            else torch.cat([fused[start:start + n] for start, n in runs])
+            for runs in split_rows(entry, config)]
 
 
 def megatron_shape(entry: Entry) -> tuple[int, ...]:

@@ -9,12 +9,18 @@ tensor, and each byte is copied once (tensor → file). The layout is the format
 
 with each header entry ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the data
 section, in write order and without holes. Files are read back with the ``safetensors`` library.
+
+A tensor whose bytes already lie, unchanged, in other files (runs of a checkpoint's records) is
+appended with ``copy``: file to file in the kernel (``copy_file_range``), never through this
+process's memory.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import struct
 import sys
 from pathlib import Path
@@ -54,22 +60,66 @@ class SafetensorsWriter:
         text += b" " * (-len(text) % 8)
         self.data_bytes = offset
         self._pending.reverse()  # pop() from the end = declaration order
-        self._file = open(self.path, "wb")
-        self._file.write(struct.pack("<Q", len(text)) + text)
+        self._file = open(self.path, "wb", buffering=0)  # unbuffered: kernel copies go to its position
+        self._write_all(memoryview(struct.pack("<Q", len(text)) + text))
+        self._kernel_copy = hasattr(os, "copy_file_range")
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def _write_all(self, data: memoryview) -> None:
+        done = 0
+        while done < len(data):
+            done += self._file.write(data[done:])
+
+    def _next(self, name: str) -> tuple[str, torch.dtype, tuple[int, ...], int]:
         if not self._pending:
             raise ValueError(f"{self.path}: tensor {name!r} was not declared (all declared tensors are written)")
-        expected, dtype, shape, nbytes = self._pending[-1]
-        if name != expected:
-            raise ValueError(f"{self.path}: got tensor {name!r}, expected {expected!r} next (declaration order)")
+        if name != self._pending[-1][0]:
+            raise ValueError(f"{self.path}: got tensor {name!r}, expected {self._pending[-1][0]!r} next "
+                             f"(declaration order)")
+        return self._pending[-1]
+
+    def copy(self, name: str, runs: list[tuple[int, int, int]]) -> None:
+        """Append tensor ``name`` from bytes already in other files, as (fd, offset, bytes) runs in
+        order: file to file in the kernel (``copy_file_range``) where the file system allows,
+        else through a bounded buffer."""
+        _, _, _, nbytes = self._next(name)
+        if sum(n for _, _, n in runs) != nbytes:
+            raise ValueError(f"{self.path}: tensor {name!r} is declared as {nbytes} bytes, the runs hold "
+                             f"{sum(n for _, _, n in runs)}")
+        self._pending.pop()
+        for fd, offset, count in runs:
+            done = self._kernel_copy_run(fd, offset, count) if self._kernel_copy else 0
+            while done < count:
+                data = os.pread(fd, min(count - done, 64 << 20), offset + done)
+                if not data:
+                    raise ValueError(f"{self.path}: the source of tensor {name!r} ends {count - done} bytes early")
+                self._write_all(memoryview(data))
+                done += len(data)
+
+    def _kernel_copy_run(self, fd: int, offset: int, count: int) -> int:
+        """Bytes appended by kernel copies (all of them, or fewer if this file system refuses)."""
+        done = 0
+        try:
+            while done < count:
+                copied = os.copy_file_range(fd, self._file.fileno(), count - done, offset + done)
+                if copied == 0:
+                    break  # end of the source: the buffered path reports it
+                done += copied
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                raise
+            self._kernel_copy = False  # e.g. across file systems on older kernels: stop trying
+        return done
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        _, dtype, shape, nbytes = self._next(name)
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"{self.path}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, "
                              f"declared {dtype} {shape}")
         self._pending.pop()
-        if nbytes:
-            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-            self._file.write(memoryview(data.numpy()))
+        if not nbytes:
+            return
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        self._write_all(memoryview(data.numpy()))
 
     def close(self) -> None:
         if self._file.closed:

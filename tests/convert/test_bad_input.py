@@ -130,15 +130,15 @@ def test_export_failing_half_way_leaves_nothing_behind(tp1_checkpoint, tmp_path,
     from megatron_infimed.convert import export_hf as module
 
     calls = {"n": 0}
-    real_read = module.DistCheckpointReader.read
+    real_sources = module.DistCheckpointReader.row_sources
 
-    def failing_read(self, name, layer):
+    def failing_sources(self, name, layer):  # called for every tensor the export writes
         calls["n"] += 1
         if calls["n"] == 20:  # after the first shards are on disk
             raise OSError("disk full")
-        return real_read(self, name, layer)
+        return real_sources(self, name, layer)
 
-    monkeypatch.setattr(module.DistCheckpointReader, "read", failing_read)
+    monkeypatch.setattr(module.DistCheckpointReader, "row_sources", failing_sources)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         module.export_hf(tp1_checkpoint, out, max_shard_size="50KB", progress=False)

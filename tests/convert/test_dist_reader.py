@@ -77,3 +77,14 @@ def test_an_unknown_parameter_names_what_was_looked_for(saved):
     directory, _ = saved
     with pytest.raises(KeyError, match="decoder.layers.0.missing"):
         DistCheckpointReader(directory).read("decoder.layers.0.missing", 0)
+
+
+def test_row_sources_cover_every_row_and_point_at_its_bytes(saved):
+    import os
+
+    directory, state = saved
+    reader = DistCheckpointReader(directory)
+    [(first, rows, fd, offset)] = reader.row_sources("decoder.layers.2.w", 2)
+    assert (first, rows) == (0, 4)
+    assert os.pread(fd, 4 * 5 * 4, offset) == state["decoder.layers.w"][2].numpy().tobytes()
+    assert reader.row_sources("transposed.weight", None) is None  # not one run of bytes: read instead

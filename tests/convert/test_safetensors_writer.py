@@ -66,3 +66,35 @@ def test_declaration_errors_name_the_tensor(tmp_path):
         SafetensorsWriter(tmp_path / "a.safetensors", [("x", torch.float32, (1,)), ("x", torch.float32, (1,))])
     with pytest.raises(ValueError, match="tensor 'c' has dtype torch.complex64"):
         SafetensorsWriter(tmp_path / "b.safetensors", [("c", torch.complex64, (1,))])
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_a_tensor_copied_from_byte_runs_of_another_file_reads_back(tmp_path, monkeypatch, kernel_copy):
+    """``copy`` appends bytes that already lie in other files (file to file in the kernel, or
+    through a buffer where the file system refuses): the result is the tensor they spell."""
+    import errno
+    import os
+
+    source = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"xxxx" + source.numpy().tobytes())
+    if not kernel_copy:
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        # rows 4-5 then rows 0-1: a regrouping, as q_proj is gathered from each query group
+        runs = [(fd, 4 + 4 * 4 * 4, 2 * 16), (fd, 4, 2 * 16)]
+        with SafetensorsWriter(tmp_path / "c.safetensors", [("t", torch.float32, (4, 4))]) as writer:
+            writer.copy("t", runs)
+    finally:
+        os.close(fd)
+    with safe_open(tmp_path / "c.safetensors", framework="pt") as handle:
+        assert torch.equal(handle.get_tensor("t"), torch.cat([source[4:6], source[0:2]]))
+
+
+def test_copy_runs_that_do_not_add_up_to_the_declared_size_are_refused(tmp_path):
+    writer = SafetensorsWriter(tmp_path / "x.safetensors", [("t", torch.float32, (4,))])
+    with pytest.raises(ValueError, match="declared as 16 bytes, the runs hold 12"):
+        writer.copy("t", [(0, 0, 12)])
