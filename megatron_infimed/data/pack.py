@@ -18,11 +18,13 @@ Example with two samples of lengths 3 and 2 (``I`` = IGNORE_INDEX)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 IGNORE_INDEX = -100
+# The tensor fields of a Pack, in declaration order (the rest is per-sample metadata).
+TENSOR_FIELDS = ("tokens", "labels", "loss_weights", "cu_seqlens", "position_ids", "images")
 
 
 @dataclass
@@ -65,6 +67,11 @@ class Pack:
         if sum(self.images_per_sample) != self.images.shape[0]:
             raise ValueError(f"Pack holds {self.images.shape[0]} images but images_per_sample sums to "
                              f"{sum(self.images_per_sample)}")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Pack":
+        """The same pack with its tensors on ``device`` (metadata shared)."""
+        return replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
+                                for name in TENSOR_FIELDS})
 
     @staticmethod
     def concat(packs: list["Pack"]) -> "Pack":

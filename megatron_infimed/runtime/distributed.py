@@ -103,6 +103,11 @@ def initialize(parallel: ParallelConfig, seed: int) -> WorldInfo:
     return world
 
 
+def device() -> torch.device:
+    """Where this process's model and data live: its GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def shutdown() -> None:
     from megatron.core import parallel_state
 

@@ -57,19 +57,27 @@ class LoaderSource:
         return {**stats, "skipped": stats["data/bad_inputs"] + stats["data/dropped"]}
 
 
-def build_data_source(config: TrainConfig, dp_size: int, num_microbatches: int) -> tuple[object, ModelConfig]:
-    """(source of padded Packs for this data-parallel rank, the model config it was built for)."""
+def build_data_source(config: TrainConfig, dp_size: int, num_microbatches: int,
+                      reads: bool = True) -> tuple[object | None, ModelConfig]:
+    """(source of padded Packs for this data-parallel rank, the model config it was built for).
+    A rank that does not read (``reads=False``: not its replica's first stage, tensor-parallel
+    rank 0; see ``feed``) gets no source, only the config (tokenizer-aligned, as the reader's)."""
     dp_rank = parallel_state.get_data_parallel_rank()
     slots = config.seq_length * config.micro_batch_size
     if config.mock_data:
         model_config = model_config_for(config)
+        if not reads:
+            return None, model_config
         return MockDataIterator(model_config, config.seq_length, config.micro_batch_size, config.seed,
                                 dp_rank, dp_size, num_microbatches, config.reset_data_state), model_config
     if not config.tokenizer:
         raise ValueError("training on shards needs --tokenizer (a SentencePiece .model or a tokenizer.json)")
     tokenizer = load_tokenizer(config.tokenizer)
     model_config = align_model_config(model_config_for(config), tokenizer)
-    loader = build_train_loader(data_config_for(config), model_config, tokenizer, dp_rank, dp_size,
+    data_config = data_config_for(config)  # checked on every rank, so a bad section fails everywhere
+    if not reads:
+        return None, model_config
+    loader = build_train_loader(data_config, model_config, tokenizer, dp_rank, dp_size,
                                 micro_batch_size=config.micro_batch_size,
                                 context_parallel=config.context_parallel_size, fp8=bool(config.fp8))
     return LoaderSource(loader, slots, tokenizer.pad_id, config.reset_data_state), model_config

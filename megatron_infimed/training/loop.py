@@ -22,7 +22,7 @@ from megatron_infimed.training.config import TrainConfig
 from megatron_infimed.training.data import build_data_source
 from megatron_infimed.training.flops import training_flops
 from megatron_infimed.training.metrics import MetricsLogger, peak_tflops
-from megatron_infimed.training.microbatches import SharedMicrobatches
+from megatron_infimed.training.feed import StepFeed, reads_data
 from megatron_infimed.training.setup import (
     build_model_chunks, build_optimizer, freeze, wrap_ddp,
 )
@@ -67,7 +67,7 @@ def train(config: TrainConfig) -> dict:
     stop = _StopRequest()
     start_time = time.time()
     dp, gbs, num_micro = _batch_sizes(config)
-    source, model_config = build_data_source(config, dp, num_micro)
+    source, model_config = build_data_source(config, dp, num_micro, reads=reads_data())
     chunks = build_model_chunks(config, model_config)
     if config.pretrained_checkpoint and not has_checkpoint(config.load):
         checkpoint.load_weights(config.pretrained_checkpoint, chunks)
@@ -75,16 +75,15 @@ def train(config: TrainConfig) -> dict:
     model = wrap_ddp(chunks, config)
     optimizer, scheduler = build_optimizer(model, config)
     iteration, consumed = 0, 0
+    feed = StepFeed(source, num_micro, len(model))
     if has_checkpoint(config.load):
-        state = checkpoint.load(config.load, chunks, optimizer, scheduler, source, config.reset_data_state)
+        state = checkpoint.load(config.load, chunks, optimizer, scheduler, feed, config.reset_data_state)
         iteration, consumed = state["iteration"], state["consumed_samples"]
 
     accumulator, seen = LossAccumulator(), []
     for chunk in model:
         chunk.config.finalize_model_grads_func = make_finalize_grads(accumulator)
         chunk.config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
-    shared = SharedMicrobatches(source, len(model))
-    iterators = shared.iterators()
     forward_backward = get_forward_backward_func()
     forward_step = make_forward_step(accumulator, seen)
     tokens_per_micro = config.seq_length * config.micro_batch_size
@@ -103,6 +102,7 @@ def train(config: TrainConfig) -> dict:
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
+        iterators = feed.next_step()
         forward_backward(
             forward_step_func=forward_step, data_iterator=iterators if len(model) > 1 else iterators[0],
             model=model, num_microbatches=num_micro, seq_length=tokens_per_micro, micro_batch_size=1,
@@ -115,7 +115,7 @@ def train(config: TrainConfig) -> dict:
         consumed += gbs
         step_seconds = time.perf_counter() - step_start
         record = _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config,
-                          step_seconds, shared.take_wait_seconds(), source, peak)
+                          step_seconds, feed.take_wait_seconds(), feed, peak)
         ledger.write(iteration, parallel_state.get_data_parallel_rank(), seen)
         if iteration % config.log_interval == 0 or iteration == config.train_iters:
             logger.log(record)
@@ -128,7 +128,7 @@ def train(config: TrainConfig) -> dict:
         if config.save and (due or must_exit or iteration == config.train_iters):
             if async_queue is not None:  # one save in flight at a time
                 async_queue.maybe_finalize_async_calls(blocking=True)
-            checkpoint.save(config.save, iteration, consumed, chunks, optimizer, scheduler, source, config,
+            checkpoint.save(config.save, iteration, consumed, chunks, optimizer, scheduler, feed, config,
                             tokenizer_path=None if config.mock_data else config.tokenizer, async_queue=async_queue)
         if must_exit:
             break
@@ -141,13 +141,13 @@ def train(config: TrainConfig) -> dict:
 
 
 def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config, seconds, wait,
-             source, peak) -> dict:
+             feed, peak) -> dict:
     """Loss and token counts summed over data-parallel ranks (on the last pipeline stage)."""
     real = sum(p.num_real_tokens for p in seen)
     slots = sum(p.num_tokens for p in seen)
     flops = sum(training_flops(model_config, (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist(),
                                p.images.shape[0]) for p in seen)
-    stats = source.stats()
+    stats = feed.stats()
     totals = torch.tensor([accumulator.loss_sum.item(), accumulator.weight_sum.item(), real, slots, flops,
                            stats.get("skipped", 0)], dtype=torch.float64)
     torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())

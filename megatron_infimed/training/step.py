@@ -7,9 +7,8 @@ megatron-core's ``calculate_per_token_loss`` path keeps an *integer* token count
 weight sum is kept here (``LossAccumulator``) and the gradients are divided by it in
 ``finalize_grads`` after megatron has summed them across data-parallel ranks.
 
-Only tensor-parallel rank 0 reads data and broadcasts the pack to its tensor-parallel group, as
-Megatron-LM does. Every pipeline stage reads: the middle stages need the pack's ``cu_seqlens``
-for packed attention, and reading a pack is cheap next to a stage's compute.
+Tensor-parallel rank 0 gets each pack from ``feed.StepFeed`` (the first stage reads, later stages
+receive all but the images) and broadcasts it to its tensor-parallel group, as Megatron-LM does.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
-from megatron_infimed.data.pack import Pack
+from megatron_infimed.data.pack import TENSOR_FIELDS, Pack
 from megatron_infimed.model.infimed import packed_seq_params
+from megatron_infimed.runtime import distributed
 from megatron_infimed.training.setup import unwrap
 
-_PACK_TENSORS = ("tokens", "labels", "loss_weights", "cu_seqlens", "position_ids", "images")
 
 
 def broadcast_pack(pack: Pack | None) -> Pack:
@@ -37,16 +36,17 @@ def broadcast_pack(pack: Pack | None) -> Pack:
     header = [None]
     if pack is not None:
         header = [{
-            "shapes": {name: (tuple(getattr(pack, name).shape), getattr(pack, name).dtype) for name in _PACK_TENSORS},
+            "shapes": {name: (tuple(getattr(pack, name).shape), getattr(pack, name).dtype) for name in TENSOR_FIELDS},
             "sample_ids": pack.sample_ids, "images_per_sample": pack.images_per_sample,
             "num_padding": pack.num_padding,
         }]
     torch.distributed.broadcast_object_list(header, src=src, group=group)
     meta = header[0]
     tensors = {}
-    for name in _PACK_TENSORS:
+    for name in TENSOR_FIELDS:
         shape, dtype = meta["shapes"][name]
-        tensor = getattr(pack, name).contiguous() if pack is not None else torch.empty(shape, dtype=dtype)
+        tensor = (getattr(pack, name).contiguous() if pack is not None
+                  else torch.empty(shape, dtype=dtype, device=distributed.device()))
         if tensor.numel():
             torch.distributed.broadcast(tensor, src=src, group=group)
         tensors[name] = tensor

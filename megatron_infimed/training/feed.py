@@ -1,0 +1,120 @@
+"""One training step's micro-batches: read once per model replica, handed to every stage.
+
+Only the first pipeline stage's tensor-parallel rank 0 reads (decodes images, tokenises, packs).
+Before each step it reads the step's ``num_microbatches`` packs and sends the tensor-parallel
+rank 0 of every later stage what that stage needs::
+
+    stage 0, tp 0:  reads packs ──► tokens, labels, loss weights, positions, cu_seqlens, counts
+                                    (one broadcast per tensor kind over the pipeline group)
+    stage k > 0:    the same packs, images replaced by an empty [K, 3, 0, 0] placeholder
+    tp rank > 0:    nothing here; ``step.broadcast_pack`` sends them each pack from their tp 0
+
+Images go to the first stage only: its vision encoder is the only user, and they are most of a
+pack's bytes. The loader's counters travel with the packs, so the last stage logs them.
+
+The step is sent whole, before megatron-core's schedule runs, so these collectives never
+interleave with the schedule's point-to-point traffic, whose order differs from stage to stage.
+Every model chunk of a rank (virtual pipelining) iterates over the same list.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from megatron.core import parallel_state
+
+from megatron_infimed.data.pack import Pack
+from megatron_infimed.runtime import distributed
+
+# What later stages need of a pack; the images stay on the first stage.
+_SENT = ("tokens", "labels", "loss_weights", "cu_seqlens", "position_ids")
+
+
+def reads_data() -> bool:
+    """Is this rank its model replica's reader (first pipeline stage, tensor-parallel rank 0)?"""
+    return (parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.is_pipeline_first_stage(ignore_virtual=True))
+
+
+class StepFeed:
+    """The training loop's view of the data: ``next_step()`` before each step, then the loader's
+    ``stats``/``state_dict`` as the reader's source has them."""
+
+    def __init__(self, source, num_microbatches: int, num_chunks: int):
+        self.source, self.num_microbatches, self.num_chunks = source, num_microbatches, num_chunks
+        self._stats: dict = {}
+        self.wait_seconds = 0.0
+
+    def next_step(self) -> list[Iterator[Pack]]:
+        """This step's packs, one iterator per model chunk (empty on tensor-parallel ranks > 0)."""
+        packs: list[Pack] = []
+        start = time.perf_counter()
+        if self.source is not None:
+            packs = [next(self.source).to(distributed.device()) for _ in range(self.num_microbatches)]
+            self._stats = self.source.stats()
+        if (parallel_state.get_tensor_model_parallel_rank() == 0
+                and parallel_state.get_pipeline_model_parallel_world_size() > 1):
+            packs, self._stats = _send_along_pipeline(packs, self._stats)
+        self.wait_seconds += time.perf_counter() - start
+        return [iter(packs) for _ in range(self.num_chunks)]
+
+    def stats(self) -> dict:
+        return self._stats
+
+    def state_dict(self) -> dict:
+        if self.source is None:
+            raise RuntimeError("only the reading rank (first pipeline stage, tensor-parallel rank 0) has "
+                               "loader state")
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.source is not None:
+            self.source.load_state_dict(state)
+
+    def take_wait_seconds(self) -> float:
+        seconds, self.wait_seconds = self.wait_seconds, 0.0
+        return seconds
+
+
+def _send_along_pipeline(packs: list[Pack], stats: dict) -> tuple[list[Pack], dict]:
+    """From the first stage to every later stage of this pipeline (tensor-parallel rank 0 ranks)."""
+    group = parallel_state.get_pipeline_model_parallel_group()
+    src = parallel_state.get_pipeline_model_parallel_first_rank()
+    sender = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    header = [None]
+    if sender:
+        header = [{"stats": stats, "packs": [
+            {"sizes": {name: tuple(getattr(p, name).shape) for name in _SENT},
+             "dtypes": {name: getattr(p, name).dtype for name in _SENT},
+             "sample_ids": p.sample_ids, "images_per_sample": p.images_per_sample, "num_padding": p.num_padding,
+             "image_shape": tuple(p.images.shape[1:])}
+            for p in packs]}]
+    torch.distributed.broadcast_object_list(header, src=src, group=group)
+    meta = header[0]["packs"]
+    flat = {}
+    for name in _SENT:  # one broadcast per tensor kind for the whole step
+        if sender:
+            flat[name] = torch.cat([getattr(p, name).reshape(-1) for p in packs])
+        else:
+            total = sum(torch.Size(m["sizes"][name]).numel() for m in meta)
+            flat[name] = torch.empty(total, dtype=meta[0]["dtypes"][name] if meta else torch.int64,
+                                     device=distributed.device())
+        if flat[name].numel():
+            torch.distributed.broadcast(flat[name], src=src, group=group)
+    if sender:
+        return packs, header[0]["stats"]
+    received, offsets = [], dict.fromkeys(_SENT, 0)
+    for m in meta:
+        tensors = {}
+        for name in _SENT:
+            size = torch.Size(m["sizes"][name])
+            tensors[name] = flat[name][offsets[name]:offsets[name] + size.numel()].view(size)
+            offsets[name] += size.numel()
+        images = torch.empty(sum(m["images_per_sample"]), m["image_shape"][0], 0, 0,  # the count, no pixels
+                             device=distributed.device())
+        received.append(Pack(**tensors, images=images, sample_ids=m["sample_ids"],
+                             images_per_sample=m["images_per_sample"], num_padding=m["num_padding"]))
+    return received, header[0]["stats"]
