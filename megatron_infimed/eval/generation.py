@@ -28,21 +28,22 @@ def greedy_generate(model, prompts: list[torch.Tensor], images: list[torch.Tenso
                     eos_id: int, use_cache: bool = True) -> list[list[int]]:
     """New token ids for each prompt (``prompts[i]`` [L] ids, ``images[i]`` [K, 3, H, W]), stopping
     at ``eos_id`` (not included) or after ``max_new_tokens``."""
+    device = next(model.parameters()).device  # prompts may come from the CPU; the model may be on a GPU
     groups: dict[int, list[int]] = defaultdict(list)
     for i, prompt in enumerate(prompts):
         groups[len(prompt)].append(i)
     results: list[list[int]] = [[] for _ in prompts]
     for length, members in groups.items():
-        tokens = torch.stack([prompts[i] for i in members])
-        pixels = torch.cat([images[i] for i in members]) if members else None
+        tokens = torch.stack([prompts[i] for i in members]).to(device)
+        pixels = torch.cat([images[i] for i in members]).to(device) if members else None
         step = _decode_cached if use_cache else _decode_recompute
         for row, ids in zip(members, step(model, tokens, pixels, max_new_tokens, eos_id)):
             results[row] = ids
     return results
 
 
-def _positions(batch: int, start: int, length: int) -> torch.Tensor:
-    return torch.arange(start, start + length).expand(batch, -1)
+def _positions(batch: int, start: int, length: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(start, start + length, device=device).expand(batch, -1)
 
 
 def _finish(generated: torch.Tensor, eos_id: int) -> list[list[int]]:
@@ -57,7 +58,7 @@ def _decode_cached(model, tokens, pixels, max_new_tokens, eos_id):
 
     batch, length = tokens.shape
     context = StaticInferenceContext(batch, length + max_new_tokens)
-    logits = model(tokens, _positions(batch, 0, length), images=pixels, inference_context=context)
+    logits = model(tokens, _positions(batch, 0, length, tokens.device), images=pixels, inference_context=context)
     context.sequence_len_offset += length
     generated = [logits[:, -1].argmax(-1)]
     done = generated[-1] == eos_id
@@ -65,7 +66,8 @@ def _decode_cached(model, tokens, pixels, max_new_tokens, eos_id):
         if bool(done.all()):
             break
         offset = context.sequence_len_offset
-        logits = model(generated[-1].view(batch, 1), _positions(batch, offset, 1), inference_context=context)
+        logits = model(generated[-1].view(batch, 1), _positions(batch, offset, 1, tokens.device),
+                       inference_context=context)
         context.sequence_len_offset += 1
         generated.append(logits[:, -1].argmax(-1))
         done |= generated[-1] == eos_id
@@ -77,7 +79,7 @@ def _decode_recompute(model, tokens, pixels, max_new_tokens, eos_id):
     generated = []
     for _ in range(max_new_tokens):
         sequence = torch.cat([tokens, *[g.view(batch, 1) for g in generated]], dim=1)
-        logits = model(sequence, _positions(batch, 0, sequence.shape[1]), images=pixels)
+        logits = model(sequence, _positions(batch, 0, sequence.shape[1], tokens.device), images=pixels)
         generated.append(logits[:, -1].argmax(-1))
         if bool(torch.stack(generated, 1).eq(eos_id).any(1).all()):
             break

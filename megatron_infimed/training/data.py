@@ -13,6 +13,7 @@ from megatron.core import parallel_state
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.data.loader import DataConfig, build_train_loader
+from megatron_infimed.data.pack_builder import PackLayout
 from megatron_infimed.data.tokenizer import align_model_config, load_tokenizer
 from megatron_infimed.training.config import TrainConfig
 from megatron_infimed.training.mock_data import MockDataIterator
@@ -68,8 +69,11 @@ def build_data_source(config: TrainConfig, dp_size: int, num_microbatches: int,
         model_config = model_config_for(config)
         if not reads:
             return None, model_config
+        layout = PackLayout(loss_weighting=config.loss_weighting, context_parallel=config.context_parallel_size,
+                            fp8=bool(config.fp8), image_mean=model_config.vision.image_mean,
+                            image_std=model_config.vision.image_std)
         return MockDataIterator(model_config, config.seq_length, config.micro_batch_size, config.seed,
-                                dp_rank, dp_size, num_microbatches, config.reset_data_state), model_config
+                                dp_rank, dp_size, num_microbatches, config.reset_data_state, layout), model_config
     if not config.tokenizer:
         raise ValueError("training on shards needs --tokenizer (a SentencePiece .model or a tokenizer.json)")
     tokenizer = load_tokenizer(config.tokenizer)

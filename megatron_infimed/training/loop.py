@@ -43,7 +43,7 @@ class _StopRequest:
 
 
 def _any_rank(flag: bool) -> bool:
-    value = torch.tensor([int(flag)])
+    value = torch.tensor([int(flag)], device=distributed.device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
 
@@ -149,7 +149,7 @@ def _metrics(iteration, consumed, accumulator, seen, grad_norm, lr, model_config
                                p.images.shape[0]) for p in seen)
     stats = feed.stats()
     totals = torch.tensor([accumulator.loss_sum.item(), accumulator.weight_sum.item(), real, slots, flops,
-                           stats.get("skipped", 0)], dtype=torch.float64)
+                           stats.get("skipped", 0)], dtype=torch.float64, device=distributed.device())
     torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
     world = torch.distributed.get_world_size()

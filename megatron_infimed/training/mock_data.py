@@ -2,7 +2,9 @@
 
 Micro-batch ``k`` of the run is a pure function of ``(seed, k)``, so every layout (TP, PP, DP)
 and every resume sees the same data. Each sample is ``[image tokens] + text`` where the text
-follows a learnable rule (each token determines the next), so the loss visibly falls.
+follows a learnable rule (each token determines the next), so the loss visibly falls. Packs are
+built by the loader's ``build_pack``, so ``--loss-weighting``, CP/FP8 alignment and image
+normalisation behave as on real data.
 Micro-batch numbering: iteration ``i``, data-parallel rank ``r``, micro-batch ``m`` is
 ``k = (i × dp + r) × n_micro + m``: the global batch of an iteration is the same set of
 micro-batches whatever the data-parallel size.
@@ -14,55 +16,52 @@ import torch
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.data.pack import IGNORE_INDEX, Pack
+from megatron_infimed.data.pack_builder import PackLayout, build_pack
+from megatron_infimed.data.preprocess import Sample
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 
-def mock_pack(config: ModelConfig, seq_length: int, seed: int, index: int) -> Pack:
-    """One pack of whole samples filling at most ``seq_length`` tokens."""
+def mock_pack(config: ModelConfig, seq_length: int, seed: int, index: int,
+              layout: PackLayout | None = None) -> Pack:
+    """One pack of whole samples filling at most ``seq_length`` slots, built by the loader's own
+    ``build_pack`` (so loss weighting, CP and FP8 alignment and image normalisation are the real ones)."""
+    layout = layout or PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     vocab = min(config.language.vocab_size, config.image_token_id) - 1
     image_len = tokens_per_image(config)
     size = config.vision.image_size
-    tokens, labels, weights, positions, images, ids, per_sample, cu = [], [], [], [], [], [], [], [0]
+    capacity = layout.capacity(seq_length)
+    samples: list[Sample] = []
     used = 0
     while True:
         with_image = bool(torch.randint(0, 2, (1,), generator=g))
         text_len = int(torch.randint(4, max(5, seq_length // 3), (1,), generator=g))
         length = text_len + (image_len if with_image else 0)
-        if used + length > seq_length:
+        if used + layout.slots(length) > capacity:
             break
         start = int(torch.randint(0, vocab, (1,), generator=g))
         step = int(torch.randint(1, 7, (1,), generator=g))
         text = (start + step * torch.arange(text_len)) % vocab
-        sample = torch.cat([torch.full((image_len,), config.image_token_id), text]) if with_image else text
-        target = torch.full((length,), IGNORE_INDEX)
-        target[-text_len:-1] = text[1:]
-        tokens.append(sample)
-        labels.append(target)
-        weights.append((target != IGNORE_INDEX).float())
-        positions.append(torch.arange(length))
-        if with_image:
-            images.append(torch.rand(1, 3, size, size, generator=g) * 2 - 1)
-        ids.append(f"mock-{seed}-{index}-{len(ids)}")
-        per_sample.append(int(with_image))
-        used += length
-        cu.append(used)
-    if not ids:
+        ids = torch.cat([torch.full((image_len,), config.image_token_id), text]) if with_image else text
+        labels = torch.full((length,), IGNORE_INDEX)
+        labels[-text_len:-1] = text[1:]
+        pixels = (torch.randint(0, 256, (1, 3, size, size), generator=g, dtype=torch.uint8) if with_image
+                  else torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        samples.append(Sample(f"mock-{seed}-{index}-{len(samples)}", "mock", ids.long(), labels.long(), pixels))
+        used += layout.slots(length)
+    if not samples:
         raise ValueError(f"--seq-length {seq_length} is too short for one mock sample")
-    return Pack(
-        tokens=torch.cat(tokens).long(), labels=torch.cat(labels).long(), loss_weights=torch.cat(weights),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32), position_ids=torch.cat(positions).long(),
-        images=torch.cat(images) if images else torch.zeros(0, 3, size, size),
-        sample_ids=ids, images_per_sample=per_sample,
-    )
+    return build_pack(samples, layout)
 
 
 class MockDataIterator:
     """Micro-batches for one data-parallel rank; ``state_dict`` makes resume exact."""
 
     def __init__(self, config: ModelConfig, seq_length: int, micro_batch_size: int, seed: int,
-                 dp_rank: int, dp_size: int, num_microbatches: int, reset: bool = False):
+                 dp_rank: int, dp_size: int, num_microbatches: int, reset: bool = False,
+                 layout: PackLayout | None = None):
         self.config, self.seq_length, self.micro_batch_size = config, seq_length, micro_batch_size
+        self.layout = layout or PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
         self.seed, self.dp_rank, self.dp_size, self.num_microbatches = seed, dp_rank, dp_size, num_microbatches
         self.reset = reset  # on a layout change, restart the stream instead of refusing
         self.consumed = 0  # micro-batches this rank has taken
@@ -74,9 +73,9 @@ class MockDataIterator:
         iteration, micro = divmod(self.consumed, self.num_microbatches)
         k = (iteration * self.dp_size + self.dp_rank) * self.num_microbatches + micro
         self.consumed += 1
-        packs = [mock_pack(self.config, self.seq_length, self.seed, k * self.micro_batch_size + j)
+        packs = [mock_pack(self.config, self.seq_length, self.seed, k * self.micro_batch_size + j, self.layout)
                  for j in range(self.micro_batch_size)]
-        return Pack.concat([p.padded_to(self.seq_length, pad_id=0) for p in packs])
+        return Pack.concat([p.padded_to(self.seq_length, pad_id=self.layout.pad_id) for p in packs])
 
     def state_dict(self) -> dict:
         return {"kind": "mock", "consumed": self.consumed, "dp_size": self.dp_size, "dp_rank": self.dp_rank}

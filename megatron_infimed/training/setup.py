@@ -14,6 +14,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron_infimed.config.presets import ModelConfig, get_preset
 from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.model.init import initialize_weights
+from megatron_infimed.runtime import distributed
 from megatron_infimed.training.config import TrainConfig
 
 
@@ -69,7 +70,7 @@ def freeze(chunks: list[InfiMedModel], config: TrainConfig) -> None:
             if module is not None and getattr(config, f"freeze_{name}"):
                 module.requires_grad_(False)
     trainable = sum(p.requires_grad for c in chunks for p in c.parameters())
-    total = torch.tensor([trainable], dtype=torch.long)
+    total = torch.tensor([trainable], dtype=torch.long, device=distributed.device())
     torch.distributed.all_reduce(total)
     if total.item() == 0:
         raise ValueError("every part of the model is frozen: nothing to train")

@@ -61,8 +61,9 @@ class LossAccumulator:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = torch.zeros((), dtype=torch.float64)
-        self.weight_sum = torch.zeros((), dtype=torch.float64)
+        # On the rank's device: they are reduced over NCCL on GPUs.
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=distributed.device())
+        self.weight_sum = torch.zeros((), dtype=torch.float64, device=distributed.device())
         self.packs: list[Pack] = []
 
     def loss_func(self, loss_weights: torch.Tensor, output_tensor: torch.Tensor):
