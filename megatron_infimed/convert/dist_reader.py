@@ -133,15 +133,25 @@ class _FileSlice(io.RawIOBase):
                 count = len(view)
                 break
         else:
-            count = os.preadv(self.fd, [view], self.offset + self.position)
+            count = _pread_into(self.fd, view, self.offset + self.position)
         self.position += count
         return count
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` at ``offset`` of ``fd``: straight into it where the OS has ``preadv``
+    (Linux, BSD), through a temporary ``bytes`` elsewhere (e.g. older macOS Pythons)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)
+    view[:len(data)] = data
+    return len(data)
 
 
 def _read_exactly(fd: int, view: memoryview, offset: int, where: str) -> None:
     done = 0
     while done < len(view):
-        count = os.preadv(fd, [view[done:]], offset + done)
+        count = _pread_into(fd, view[done:], offset + done)
         if count == 0:
             raise ValueError(f"{where} ends {len(view) - done} bytes early: the checkpoint file is truncated")
         done += count

@@ -88,3 +88,13 @@ def test_row_sources_cover_every_row_and_point_at_its_bytes(saved):
     assert (first, rows) == (0, 4)
     assert os.pread(fd, 4 * 5 * 4, offset) == state["decoder.layers.w"][2].numpy().tobytes()
     assert reader.row_sources("transposed.weight", None) is None  # not one run of bytes: read instead
+
+
+def test_reads_work_where_the_os_has_no_preadv(saved, monkeypatch):
+    import os
+
+    directory, state = saved
+    monkeypatch.delattr(os, "preadv")
+    reader = DistCheckpointReader(directory)
+    assert torch.equal(reader.read("embedding.weight", None), state["embedding.weight"])
+    assert torch.equal(reader.read("transposed.weight", None), state["transposed.weight"])
