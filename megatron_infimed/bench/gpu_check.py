@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.layers < 1 or args.seq_length < 512 or args.steps < 1:
         parser.error(f"need --layers >= 1, --seq-length >= 512, --steps >= 1; got {args.layers}, "
                      f"{args.seq_length}, {args.steps}")
-    cuda = torch.cuda.is_available()
-    if not args.dry and not cuda:
+    cuda = torch.cuda.is_available() and not args.dry  # --dry checks the CPU path even on a GPU machine
+    if not args.dry and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --dry (tools/gpu_check.sh does this by itself)")
     result = {"mode": "dry" if args.dry else "gpu", "environment": environment()}
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)

@@ -14,6 +14,7 @@ serves as the reference the cache must equal.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -106,13 +107,12 @@ class MegatronGenerator:
         directory = iteration_dir(root, iteration)
         if not torch.distributed.is_initialized():
             distributed.initialize(distributed.ParallelConfig(), seed=0)
-        import json
-
         self.config = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
         self.tokenizer = load_tokenizer(_tokenizer_file(directory / "tokenizer"))
         self.model = InfiMedModel(self.config)
         ckpt.load_weights(str(root), [self.model])
-        self.model.eval()
+        # Built on the CPU (use_cpu_initialization); the KV cache and RoPE live on the rank's device.
+        self.model.to(distributed.device()).eval()
         self.images = ImagePreprocessor.for_vision(self.config.vision)
         self.image_tokens = tokens_per_image(self.config)
 

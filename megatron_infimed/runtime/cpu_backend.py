@@ -50,6 +50,13 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def cuda_as_cpu() -> _CudaToCpuMode:
+    """A context in which CUDA device arguments and ``.cuda()`` stay off the GPU, on any machine:
+    ``with cuda_as_cpu(), torch.device("meta"):`` builds a model as shapes only, even where
+    megatron-core calls ``.cuda()`` on a buffer (a meta tensor cannot be copied to a GPU)."""
+    return _CudaToCpuMode()
+
+
 def _set_rng_state(new_state: torch.Tensor, device=-1, graph_safe: bool = False) -> None:
     torch.set_rng_state(new_state)
 

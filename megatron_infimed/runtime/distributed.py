@@ -78,7 +78,8 @@ def initialize(parallel: ParallelConfig, seed: int) -> WorldInfo:
     world = world_from_env()
     use_cuda = torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(world.local_rank)
+        # With one visible GPU per task (srun --gpus-per-task=1) the local rank can exceed the count.
+        torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
     else:
         cpu_backend.enable()
     model_parallel = (parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size

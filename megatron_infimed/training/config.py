@@ -56,6 +56,8 @@ class TrainConfig:
     train_iters: int = 10
     bf16: bool = False
     fp8: str | None = None
+    # Shard optimizer state over data-parallel ranks (megatron-core's DistributedOptimizer).
+    use_distributed_optimizer: bool = False
     seed: int = 1234
     # Data
     mock_data: bool = False

@@ -7,7 +7,7 @@ import torch
 
 from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.model.token_reduction import tokens_per_image
-from megatron_infimed.runtime import distributed
+from megatron_infimed.runtime import cpu_backend, distributed
 from megatron_infimed.training.config import TrainConfig
 from megatron_infimed.training.flops import flops_per_token
 from megatron_infimed.training.setup import model_config_for
@@ -23,7 +23,7 @@ def dry_run_report(config: TrainConfig) -> dict:
     if owns_world:
         distributed.initialize(distributed.ParallelConfig(), config.seed)
     try:
-        with torch.device("meta"):
+        with cpu_backend.cuda_as_cpu(), torch.device("meta"):
             model = InfiMedModel(model_config, transformer_impl=config.transformer_impl)
     finally:
         if owns_world:

@@ -87,7 +87,7 @@ def wrap_ddp(chunks: list[InfiMedModel], config: TrainConfig) -> list[Distribute
     """bf16 runs keep fp32 master weights in the optimizer and bf16 weights in Float16Module."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-        use_distributed_optimizer=torch.cuda.is_available(),
+        use_distributed_optimizer=config.use_distributed_optimizer,
     )
     wrapped = []
     for i, chunk in enumerate(chunks):
@@ -101,11 +101,14 @@ def wrap_ddp(chunks: list[InfiMedModel], config: TrainConfig) -> list[Distribute
 
 
 def build_optimizer(chunks, config: TrainConfig):
+    if config.use_distributed_optimizer and not torch.cuda.is_available():
+        raise ValueError("--use-distributed-optimizer needs CUDA: megatron-core's DistributedOptimizer accepts "
+                         "only CUDA parameters; drop the flag on CPU runs")
     optimizer_config = OptimizerConfig(
         optimizer="adam", lr=config.lr, min_lr=config.min_lr, weight_decay=config.weight_decay,
         adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2, clip_grad=config.clip_grad,
         bf16=config.bf16, params_dtype=dtype_for(config),
-        use_distributed_optimizer=torch.cuda.is_available(),
+        use_distributed_optimizer=config.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(optimizer_config, chunks)
     decay_iters = config.lr_decay_iters or config.train_iters

@@ -16,9 +16,13 @@ IMAGE = CONFIG.image_token_id
 
 @pytest.fixture()
 def model(mcore_world):
+    from megatron_infimed.runtime import distributed
+
+    if torch.cuda.is_available():  # tools/gpu_check.sh runs these on a GPU: no TF32 in the patch convolution
+        torch.backends.cudnn.allow_tf32 = False
     m = InfiMedModel(CONFIG)
     initialize_weights(m, seed=7)
-    return m
+    return m.to(distributed.device())
 
 
 def sample(length: int, images: int, seed: int):
@@ -31,11 +35,12 @@ def sample(length: int, images: int, seed: int):
 
 
 def run(model, tokens_list, pixels_list):
-    tokens = torch.cat(tokens_list).view(1, -1)
+    device = next(model.parameters()).device
+    tokens = torch.cat(tokens_list).view(1, -1).to(device)
     lengths = [len(t) for t in tokens_list]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
-    positions = torch.cat([torch.arange(n) for n in lengths]).view(1, -1)
-    images = torch.cat(pixels_list)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    positions = torch.cat([torch.arange(n) for n in lengths]).view(1, -1).to(device)
+    images = torch.cat(pixels_list).to(device)
     return model(tokens, positions, images=images, packed_seq_params=packed_seq_params(cu, max(lengths)))
 
 

@@ -42,6 +42,7 @@ def test_a_lone_process_is_rank_zero_of_one():
     assert (world.rank, world.world_size, world.local_rank, world.master_addr) == (0, 1, 0, "127.0.0.1")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU backend is only enabled where there is no GPU")
 def test_cpu_backend_redirects_cuda_tensors(mcore_world):
     # Enabled by the session world; megatron-core's own calls pass device="cuda".
     assert torch.cuda.current_device() == "cpu"
