@@ -19,6 +19,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -103,7 +104,7 @@ def _check_shapes(reader: DistCheckpointReader, entries: list[mapping.Entry]) ->
 
 
 def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
-    if tokenizer_dir is None or not (tokenizer_dir / "tokenizer.json").is_file():
+    if tokenizer_dir is None:
         return {}
     from megatron_infimed.data.tokenizer import load_tokenizer
 
@@ -112,9 +113,11 @@ def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
 
 
 def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
-    """Copy the tokenizer files and put our one chat template into tokenizer_config.json."""
+    """Copy the tokenizer files and put our one chat template into tokenizer_config.json. A
+    SentencePiece model also gets a ``tokenizer.json`` (``hf_tokenizer.convert``) when it encodes
+    every probe exactly as SentencePiece does, so ``AutoTokenizer`` and ``AutoProcessor`` load it."""
     from megatron_infimed.data.chat_template import CHAT_TEMPLATE_JINJA
-    from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END
+    from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END, tokenizer_file
 
     if tokenizer_dir is None:
         return
@@ -122,6 +125,17 @@ def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
         # A source chat_template.jinja (e.g. Qwen3's) would take precedence over ours.
         if file.is_file() and file.name != "chat_template.jinja":
             shutil.copy2(file, target / file.name)
+    source = tokenizer_file(tokenizer_dir)
+    if source.suffix == ".model":
+        from megatron_infimed.convert.hf_tokenizer import convert
+
+        converted, different = convert(source)
+        if different:
+            warnings.warn(f"{source}: its tokenizers equivalent encodes {len(different)} probe string(s) "
+                          f"differently (e.g. {different[0]!r}); the export keeps the SentencePiece model only, "
+                          f"which AutoTokenizer cannot load")
+        else:
+            converted.save(str(target / "tokenizer.json"))
     config_path = target / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")

@@ -123,14 +123,27 @@ class HFTokenizer(Tokenizer):
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
 
+def tokenizer_file(folder: str | os.PathLike) -> Path:
+    """The tokenizer file of a folder: ``tokenizer.json`` if present, else its one ``*.model``."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    models = sorted(folder.glob("*.model"))
+    if len(models) != 1:
+        raise FileNotFoundError(f"no tokenizer in {folder}: expected tokenizer.json or one SentencePiece "
+                                f"*.model (found {[m.name for m in models]})")
+    return models[0]
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A ``.model`` file → SentencePiece; ``tokenizer.json`` (or a folder holding one) → ``tokenizers``."""
+    """A ``.model`` file → SentencePiece; ``tokenizer.json`` → ``tokenizers``; a folder → its
+    ``tokenizer_file``."""
     p = Path(path)
     if p.is_dir():
-        p = p / "tokenizer.json"
+        p = tokenizer_file(p)
     if not p.is_file():
         raise FileNotFoundError(f"tokenizer file {p} does not exist (expected a SentencePiece .model or a "
-                                f"tokenizer.json, or a folder holding tokenizer.json)")
+                                f"tokenizer.json, or a folder holding one)")
     if p.suffix == ".model":
         return SentencePieceTokenizer(p)
     if p.suffix == ".json":

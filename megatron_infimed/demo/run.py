@@ -104,15 +104,19 @@ def majority_accuracy(test_file: Path) -> float:
 
 
 def export_and_answer(checkpoint: Path, workdir: Path, tests: dict) -> dict:
-    """Export the final checkpoint and let transformers answer the first in-distribution question."""
+    """Export the final checkpoint and let transformers answer the first in-distribution question,
+    as ``infimed-eval run --model EXPORTED`` does (the folder's AutoProcessor builds the prompt)."""
     from megatron_infimed.convert.export_hf import export_hf
-    from megatron_infimed.demo.hf_answer import answer_with_transformers
+    from megatron_infimed.eval.generation import load_answer_fn
+    from megatron_infimed.eval.questions import Question
 
     hf_dir = workdir / "hf_model"
     export_hf(str(checkpoint), str(hf_dir), progress=False)
     question = json.loads(tests["medical"].read_text().splitlines()[0])
+    asked = Question(id="demo", question=question["question"], answer=question["answer"], type="closed",
+                     image=Path(question["image"]))
     return {"folder": str(hf_dir), "question": question["question"], "gold": question["answer"],
-            "answer": answer_with_transformers(hf_dir, checkpoint, question)}
+            "answer": load_answer_fn(str(hf_dir), max_new_tokens=8)([asked])[0]}
 
 
 def run_demo(workdir: Path, settings: DemoSettings) -> dict:

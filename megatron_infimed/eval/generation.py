@@ -108,7 +108,7 @@ class MegatronGenerator:
         if not torch.distributed.is_initialized():
             distributed.initialize(distributed.ParallelConfig(), seed=0)
         self.config = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
-        self.tokenizer = load_tokenizer(_tokenizer_file(directory / "tokenizer"))
+        self.tokenizer = load_tokenizer(directory / "tokenizer")
         self.model = InfiMedModel(self.config)
         ckpt.load_weights(str(root), [self.model])
         # Built on the CPU (use_cpu_initialization); the KV cache and RoPE live on the rank's device.
@@ -133,16 +133,6 @@ class MegatronGenerator:
         ids = greedy_generate(self.model, list(prompts), list(pixels), max_new_tokens, self.tokenizer.eos_id,
                               use_cache)
         return [self.tokenizer.decode(row).strip() for row in ids]
-
-
-def _tokenizer_file(folder: Path) -> Path:
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (folder / name).is_file():
-            return folder / name
-    models = sorted(folder.glob("*.model"))
-    if not models:
-        raise FileNotFoundError(f"no tokenizer (tokenizer.json or *.model) in {folder}")
-    return models[0]
 
 
 def load_answer_fn(model_path: str, max_new_tokens: int) -> AnswerFn:

@@ -52,6 +52,8 @@ def test_curation_report_and_export_are_present(demo):
         report = json.loads((workdir / "prepared" / name / "quality_report.json").read_text())
         assert report["total"] == report["kept"] + sum(report["dropped"].values())
     assert (workdir / "hf_model" / "config.json").is_file()
+    # The SentencePiece tokenizer was converted, so transformers' AutoProcessor answered.
+    assert (workdir / "hf_model" / "tokenizer.json").is_file()
     assert isinstance(results["export"]["answer"], str)
 
 
