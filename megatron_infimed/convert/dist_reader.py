@@ -315,8 +315,16 @@ class DistCheckpointReader:
         region = mmap.mmap(self._fd(file), length, offset=aligned, access=mmap.ACCESS_COPY)
         return torch.frombuffer(region, dtype=dtype, count=count, offset=start - aligned).view(shape)
 
+    # A checkpoint of many ranks has many files; keep a bounded number open (memory maps stay valid
+    # after their descriptor closes, and callers use a descriptor right after asking for it).
+    MAX_OPEN_FILES = 64
+
     def _fd(self, file: str) -> int:
-        if file not in self._fds:
+        if file in self._fds:
+            self._fds[file] = self._fds.pop(file)  # most recently used last
+        else:
+            while len(self._fds) >= self.MAX_OPEN_FILES:
+                os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[file] = os.open(self.directory / file, os.O_RDONLY)
         return self._fds[file]
 

@@ -104,20 +104,45 @@ def _check_shapes(reader: DistCheckpointReader, entries: list[mapping.Entry]) ->
 
 
 def _token_ids(tokenizer_dir: Path | None) -> dict[str, int | None]:
-    if tokenizer_dir is None:
-        return {}
-    from megatron_infimed.data.tokenizer import load_tokenizer
+    from megatron_infimed.data.tokenizer import load_tokenizer, tokenizer_file
 
-    tokenizer = load_tokenizer(tokenizer_dir)
+    try:
+        tokenizer = load_tokenizer(tokenizer_file(tokenizer_dir)) if tokenizer_dir is not None else None
+    except FileNotFoundError:  # files we do not read (e.g. vocab.json + merges.txt) are copied as they are
+        tokenizer = None
+    if tokenizer is None:
+        return {}
     return {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id, "end_of_text_id": tokenizer.pad_id}
 
 
-def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
-    """Copy the tokenizer files and put our one chat template into tokenizer_config.json. A
-    SentencePiece model also gets a ``tokenizer.json`` (``hf_tokenizer.convert``) when it encodes
-    every probe exactly as SentencePiece does, so ``AutoTokenizer`` and ``AutoProcessor`` load it."""
+def _converted_tokenizer(tokenizer_dir: Path | None):
+    """A SentencePiece tokenizer as a ``tokenizers.Tokenizer`` (``hf_tokenizer.convert``), when it
+    encodes every probe exactly as SentencePiece does; else None, with a warning saying why."""
+    from megatron_infimed.data.tokenizer import tokenizer_file
+
+    try:
+        source = tokenizer_file(tokenizer_dir) if tokenizer_dir is not None else None
+    except FileNotFoundError:
+        return None
+    if source is None or source.suffix != ".model":
+        return None
+    from megatron_infimed.convert.hf_tokenizer import convert
+
+    converted, different = convert(source)
+    if different:
+        warnings.warn(f"{source}: its tokenizers equivalent encodes {len(different)} probe string(s) "
+                      f"differently (e.g. {different[0]!r}); the export keeps the SentencePiece model only, "
+                      f"which AutoTokenizer cannot load")
+        return None
+    return converted
+
+
+def _write_tokenizer(tokenizer_dir: Path | None, target: Path, converted=None) -> None:
+    """Copy the tokenizer files (plus ``converted`` as ``tokenizer.json``, so ``AutoTokenizer`` and
+    ``AutoProcessor`` load a SentencePiece run's tokenizer) and put our one chat template into
+    tokenizer_config.json."""
     from megatron_infimed.data.chat_template import CHAT_TEMPLATE_JINJA
-    from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END, tokenizer_file
+    from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END
 
     if tokenizer_dir is None:
         return
@@ -125,17 +150,8 @@ def _write_tokenizer(tokenizer_dir: Path | None, target: Path) -> None:
         # A source chat_template.jinja (e.g. Qwen3's) would take precedence over ours.
         if file.is_file() and file.name != "chat_template.jinja":
             shutil.copy2(file, target / file.name)
-    source = tokenizer_file(tokenizer_dir)
-    if source.suffix == ".model":
-        from megatron_infimed.convert.hf_tokenizer import convert
-
-        converted, different = convert(source)
-        if different:
-            warnings.warn(f"{source}: its tokenizers equivalent encodes {len(different)} probe string(s) "
-                          f"differently (e.g. {different[0]!r}); the export keeps the SentencePiece model only, "
-                          f"which AutoTokenizer cannot load")
-        else:
-            converted.save(str(target / "tokenizer.json"))
+    if converted is not None:
+        converted.save(str(target / "tokenizer.json"))
     config_path = target / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
@@ -206,11 +222,12 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
     tokenizer_dir = tokenizer_dir if tokenizer_dir.is_dir() else None
     tokens = _token_ids(tokenizer_dir)
+    converted_tokenizer = _converted_tokenizer(tokenizer_dir)  # checked before any weight is written
     resize_mode = _resize_mode(directory)
     stored = reader.dtype(entries[0].megatron, entries[0].layer)
     out_dtype = DTYPES[dtype] if dtype else stored
     prefixes = mapping.HF_PREFIXES["qwen3" if language_only else "infimed"]
-    shards = plan_shards(entries, torch.empty((), dtype=out_dtype).element_size(), parse_size(max_shard_size))
+    shards = plan_shards(entries, out_dtype.itemsize, parse_size(max_shard_size))
 
     partial = output.with_name(f".{output.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -244,7 +261,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         (partial / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."), resize_mode)
-        _write_tokenizer(tokenizer_dir, partial)
+        _write_tokenizer(tokenizer_dir, partial, converted_tokenizer)
         partial.rename(output)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -30,9 +30,13 @@ WORD_BOUNDARY = "\u2581"  # ▁
 def hf_tokenizer(model_path: str | Path):
     """The ``tokenizers.Tokenizer`` equivalent of the SentencePiece model at ``model_path``."""
     import sentencepiece as spm
+
+    return _build(spm.SentencePieceProcessor(model_file=str(model_path)))
+
+
+def _build(sp):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
-    sp = spm.SentencePieceProcessor(model_file=str(model_path))
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     user_defined = [t for t in (*SPECIAL_TOKENS, "\n") if t in vocab]
@@ -92,10 +96,7 @@ def convert(model_path: str | Path) -> tuple[object, list[str]]:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
-    tokenizer = hf_tokenizer(model_path)
-    from megatron_infimed.data.tokenizer import load_tokenizer
-
-    ours = load_tokenizer(model_path)
+    tokenizer = _build(sp)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    different = [text for text in probes(pieces) if ours.encode(text) != tokenizer.encode(text).ids]
+    different = [text for text in probes(pieces) if list(sp.encode(text)) != tokenizer.encode(text).ids]
     return tokenizer, different

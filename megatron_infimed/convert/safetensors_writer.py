@@ -52,7 +52,7 @@ class SafetensorsWriter:
             if dtype not in DTYPE_NAMES:
                 raise ValueError(f"{self.path}: tensor {name!r} has dtype {dtype}, which safetensors "
                                  f"cannot hold here; expected one of {sorted(map(str, DTYPE_NAMES))}")
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            nbytes = math.prod(shape) * dtype.itemsize
             header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._pending.append((name, dtype, tuple(shape), nbytes))
             offset += nbytes
@@ -61,7 +61,11 @@ class SafetensorsWriter:
         self.data_bytes = offset
         self._pending.reverse()  # pop() from the end = declaration order
         self._file = open(self.path, "wb", buffering=0)  # unbuffered: kernel copies go to its position
-        self._write_all(memoryview(struct.pack("<Q", len(text)) + text))
+        try:
+            self._write_all(memoryview(struct.pack("<Q", len(text)) + text))
+        except BaseException:
+            self._file.close()
+            raise
         self._kernel_copy = hasattr(os, "copy_file_range")
 
     def _write_all(self, data: memoryview) -> None:

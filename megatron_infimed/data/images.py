@@ -95,4 +95,4 @@ def normalize_images(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     costliest step, about 3.5× faster than four separate passes, equal within 2e-7."""
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return pixels.to(torch.float32).mul_(1.0 / (255.0 * s)).add_(-m / s)
+    return pixels.to(torch.float32, copy=True).mul_(1.0 / (255.0 * s)).add_(-m / s)  # never the caller's tensor

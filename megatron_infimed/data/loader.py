@@ -109,7 +109,7 @@ class TrainLoader:
         self._cursor = 0
         self._ready: deque[list[Sample]] = deque()
         self._finished = False
-        self._source: Iterator[StreamItem] | None = None
+        self._source: Iterator[list[StreamItem]] | None = None  # groups from worker processes
         self._generators: list[Iterator[StreamItem]] = []
         self._inbox: list[deque[StreamItem]] = [deque() for _ in range(workers)]
         self.errors, self.dropped = ErrorLog(), Counter()

@@ -68,10 +68,9 @@ class Pack:
             raise ValueError(f"Pack holds {self.images.shape[0]} images but images_per_sample sums to "
                              f"{sum(self.images_per_sample)}")
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Pack":
+    def to(self, device: torch.device | str) -> "Pack":
         """The same pack with its tensors on ``device`` (metadata shared)."""
-        return replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
-                                for name in TENSOR_FIELDS})
+        return replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_FIELDS})
 
     @staticmethod
     def concat(packs: list["Pack"]) -> "Pack":
@@ -114,4 +113,3 @@ class Pack:
             images_per_sample=list(self.images_per_sample),
             num_padding=self.num_padding + extra,
         )
-

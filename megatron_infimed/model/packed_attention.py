@@ -16,6 +16,7 @@ buffer, so it also runs on the CPU backend.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -32,13 +33,18 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _varlen_attn = None
 
 
+@functools.lru_cache(maxsize=8)
+def _parameter_names(function) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
 def varlen_attention(varlen, query, key, value, cu_seqlens: torch.Tensor, max_len: int, causal: bool,
                      scale: float) -> torch.Tensor:
     """Call torch's ``varlen_attn`` whichever of its signatures this torch has: 2.9 takes
     ``is_causal`` and no scale; later releases take ``scale`` and ``window_size`` (causal is the
     window (-1, 0)); GQA (``enable_gqa``) arrived later still. What a release lacks is done here:
     K/V heads repeated, the query pre-scaled so the kernel's default 1/√d gives ``scale``."""
-    params = inspect.signature(varlen).parameters
+    params = _parameter_names(varlen)
     kwargs = {}
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0) if causal else (-1, -1)

@@ -26,6 +26,7 @@ from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration, write_tracker
 
+
 def _model_state(chunks) -> dict:
     # Sharded keys carry global layer numbers, so one flat prefix works for every layout.
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}

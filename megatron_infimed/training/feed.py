@@ -26,11 +26,11 @@ import torch
 
 from megatron.core import parallel_state
 
-from megatron_infimed.data.pack import Pack
+from megatron_infimed.data.pack import TENSOR_FIELDS, Pack
 from megatron_infimed.runtime import distributed
 
 # What later stages need of a pack; the images stay on the first stage.
-_SENT = ("tokens", "labels", "loss_weights", "cu_seqlens", "position_ids")
+_SENT = tuple(name for name in TENSOR_FIELDS if name != "images")
 
 
 def reads_data() -> bool:
@@ -53,7 +53,8 @@ class StepFeed:
         packs: list[Pack] = []
         start = time.perf_counter()
         if self.source is not None:
-            packs = [next(self.source).to(distributed.device()) for _ in range(self.num_microbatches)]
+            # Packs stay where the loader made them (host memory) until their micro-batch runs.
+            packs = [next(self.source) for _ in range(self.num_microbatches)]
             self._stats = self.source.stats()
         if (parallel_state.get_tensor_model_parallel_rank() == 0
                 and parallel_state.get_pipeline_model_parallel_world_size() > 1):
@@ -96,12 +97,11 @@ def _send_along_pipeline(packs: list[Pack], stats: dict) -> tuple[list[Pack], di
     meta = header[0]["packs"]
     flat = {}
     for name in _SENT:  # one broadcast per tensor kind for the whole step
-        if sender:
-            flat[name] = torch.cat([getattr(p, name).reshape(-1) for p in packs])
+        if sender:  # NCCL sends device tensors: only these small fields go there early
+            flat[name] = torch.cat([getattr(p, name).reshape(-1) for p in packs]).to(distributed.device())
         else:
             total = sum(torch.Size(m["sizes"][name]).numel() for m in meta)
-            flat[name] = torch.empty(total, dtype=meta[0]["dtypes"][name] if meta else torch.int64,
-                                     device=distributed.device())
+            flat[name] = torch.empty(total, dtype=meta[0]["dtypes"][name], device=distributed.device())
         if flat[name].numel():
             torch.distributed.broadcast(flat[name], src=src, group=group)
     if sender:

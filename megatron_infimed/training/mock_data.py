@@ -21,11 +21,16 @@ from megatron_infimed.data.preprocess import Sample
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 
+def default_layout(config: ModelConfig) -> PackLayout:
+    """Token weighting, no alignment, the vision config's normalisation."""
+    return PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
+
+
 def mock_pack(config: ModelConfig, seq_length: int, seed: int, index: int,
               layout: PackLayout | None = None) -> Pack:
     """One pack of whole samples filling at most ``seq_length`` slots, built by the loader's own
     ``build_pack`` (so loss weighting, CP and FP8 alignment and image normalisation are the real ones)."""
-    layout = layout or PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
+    layout = layout or default_layout(config)
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     vocab = min(config.language.vocab_size, config.image_token_id) - 1
     image_len = tokens_per_image(config)
@@ -61,7 +66,7 @@ class MockDataIterator:
                  dp_rank: int, dp_size: int, num_microbatches: int, reset: bool = False,
                  layout: PackLayout | None = None):
         self.config, self.seq_length, self.micro_batch_size = config, seq_length, micro_batch_size
-        self.layout = layout or PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
+        self.layout = layout or default_layout(config)
         self.seed, self.dp_rank, self.dp_size, self.num_microbatches = seed, dp_rank, dp_size, num_microbatches
         self.reset = reset  # on a layout change, restart the stream instead of refusing
         self.consumed = 0  # micro-batches this rank has taken

@@ -26,7 +26,6 @@ from megatron_infimed.runtime import distributed
 from megatron_infimed.training.setup import unwrap
 
 
-
 def broadcast_pack(pack: Pack | None) -> Pack:
     """Send tensor-parallel rank 0's pack to the other ranks of its tensor-parallel group."""
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
@@ -80,7 +79,9 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
 
     def forward_step(data_iterator, model):
         unwrapped = unwrap(model)
-        local = next(data_iterator) if parallel_state.get_tensor_model_parallel_rank() == 0 else None
+        # Each pack reaches the device when its micro-batch runs, not a whole step's images at once.
+        local = (next(data_iterator).to(distributed.device())
+                 if parallel_state.get_tensor_model_parallel_rank() == 0 else None)
         pack = broadcast_pack(local)
         if unwrapped.post_process:
             seen.append(pack)

@@ -90,11 +90,34 @@ def test_row_sources_cover_every_row_and_point_at_its_bytes(saved):
     assert reader.row_sources("transposed.weight", None) is None  # not one run of bytes: read instead
 
 
-def test_reads_work_where_the_os_has_no_preadv(saved, monkeypatch):
+def test_reads_work_where_the_os_has_no_preadv(tmp_path, monkeypatch):
     import os
 
-    directory, state = saved
+    from megatron_infimed.convert.dist_reader import _FileSlice, _read_exactly
+
+    data = bytes(range(256)) * 64  # 16 KiB: beyond _FileSlice's cached first and last 4 KiB
+    path = tmp_path / "blob"
+    path.write_bytes(data)
     monkeypatch.delattr(os, "preadv")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buffer = bytearray(5000)
+        _read_exactly(fd, memoryview(buffer), 3000, "blob")
+        assert bytes(buffer) == data[3000:8000]
+        window = _FileSlice(fd, 100, 16000)
+        window.seek(6000)
+        middle = bytearray(1000)
+        assert window.readinto(middle) == 1000 and bytes(middle) == data[6100:7100]
+        with pytest.raises(ValueError, match="blob ends 100 bytes early"):
+            _read_exactly(fd, memoryview(bytearray(200)), len(data) - 100, "blob")
+    finally:
+        os.close(fd)
+
+
+def test_at_most_a_bounded_number_of_checkpoint_files_stay_open(saved, monkeypatch):
+    directory, state = saved
     reader = DistCheckpointReader(directory)
-    assert torch.equal(reader.read("embedding.weight", None), state["embedding.weight"])
-    assert torch.equal(reader.read("transposed.weight", None), state["transposed.weight"])
+    monkeypatch.setattr(DistCheckpointReader, "MAX_OPEN_FILES", 1)
+    for layer in range(3):
+        assert torch.equal(reader.read(f"decoder.layers.{layer}.w", layer), state["decoder.layers.w"][layer])
+    assert len(reader._fds) <= 1

@@ -36,14 +36,14 @@ def test_the_conversion_encodes_every_probe_as_sentencepiece(sp_model):
 def test_a_conversion_that_disagrees_is_caught(sp_model, monkeypatch):
     import megatron_infimed.convert.hf_tokenizer as module
 
-    real = module.hf_tokenizer
+    real = module._build
 
-    def broken(path):
-        tokenizer = real(path)
+    def broken(sp):
+        tokenizer = real(sp)
         tokenizer.normalizer = None  # spaces no longer become ▁: most probes now differ
         return tokenizer
 
-    monkeypatch.setattr(module, "hf_tokenizer", broken)
+    monkeypatch.setattr(module, "_build", broken)
     assert len(module.convert(sp_model)[1]) > 10
 
 
@@ -59,7 +59,7 @@ def test_probes_cover_every_piece_and_the_chat_template(sp_model):
 def test_exported_sentencepiece_tokenizer_loads_with_auto_tokenizer(sp_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from megatron_infimed.convert.export_hf import _write_tokenizer
+    from megatron_infimed.convert.export_hf import _converted_tokenizer, _write_tokenizer
 
     source = tmp_path / "tokenizer"
     source.mkdir()
@@ -68,7 +68,7 @@ def test_exported_sentencepiece_tokenizer_loads_with_auto_tokenizer(sp_model, tm
     target.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a disagreeing conversion would warn
-        _write_tokenizer(source, target)
+        _write_tokenizer(source, target, _converted_tokenizer(source))
     hf = AutoTokenizer.from_pretrained(target)
     ours = load_tokenizer(sp_model)
     turns = question_prompt("is there a fracture of the left rib?", 1)

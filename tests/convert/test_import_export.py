@@ -200,7 +200,11 @@ def test_megatron_checkpoints_are_read_without_going_through_dcp(tp1_checkpoint,
     from megatron_infimed.convert.dist_reader import DistCheckpointReader
     from megatron_infimed.convert.export_hf import export_hf
 
-    fallbacks = []
+    fallbacks, reads = [], []
     monkeypatch.setattr(DistCheckpointReader, "_read_dcp", lambda self, key, *a: fallbacks.append(key))
-    export_hf(tp1_checkpoint, tmp_path / "out", progress=False)
-    assert fallbacks == []
+    real_read = DistCheckpointReader.read
+    monkeypatch.setattr(DistCheckpointReader, "read", lambda self, *a: reads.append(a) or real_read(self, *a))
+    export_hf(tp1_checkpoint, tmp_path / "same", progress=False)  # stored dtype: row runs copied, nothing read
+    assert reads == [] and fallbacks == []
+    export_hf(tp1_checkpoint, tmp_path / "bf16", dtype="bfloat16", progress=False)  # converted: every tensor read
+    assert len(reads) > 10 and fallbacks == []

@@ -69,4 +69,3 @@ def test_virtual_pipeline_matches_one_rank(runs):
 def test_activation_recomputation_changes_memory_not_results(runs, reference):
     assert_same_curve(reference, runs("recompute", 1, "--recompute-granularity", "full",
                                       "--recompute-method", "uniform", "--recompute-num-layers", "1"))
-

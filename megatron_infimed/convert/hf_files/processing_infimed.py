@@ -93,7 +93,7 @@ class InfiMedProcessor:
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
-        return pixels.to(torch.float32).mul_(1.0 / (255.0 * std)).add_(-mean / std)
+        return pixels.to(torch.float32, copy=True).mul_(1.0 / (255.0 * std)).add_(-mean / std)
 
     # -- text -----------------------------------------------------------------------------------
     def apply_chat_template(self, messages, **kwargs):
