@@ -82,39 +82,50 @@ class StepFeed:
 
 def _send_along_pipeline(packs: list[Pack], stats: dict) -> tuple[list[Pack], dict]:
     """From the first stage to every later stage of this pipeline (tensor-parallel rank 0 ranks)."""
-    group = parallel_state.get_pipeline_model_parallel_group()
-    src = parallel_state.get_pipeline_model_parallel_first_rank()
     sender = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    return broadcast_packs(packs if sender else None, parallel_state.get_pipeline_model_parallel_first_rank(),
+                           parallel_state.get_pipeline_model_parallel_group(), _SENT, stats)
+
+
+def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str, ...] = TENSOR_FIELDS,
+                    extra=None) -> tuple[list[Pack], object]:
+    """The sender's ``packs`` (and ``extra``, any picklable value) on every rank of ``group``; the
+    sender passes them, the others None. One object broadcast carries shapes and metadata, then one
+    broadcast per field carries that field of all packs at once. A field not sent (the images)
+    arrives as an empty [K, 3, 0, 0] placeholder that keeps the image count."""
+    sender = packs is not None
     header = [None]
     if sender:
-        header = [{"stats": stats, "packs": [
-            {"sizes": {name: tuple(getattr(p, name).shape) for name in _SENT},
-             "dtypes": {name: getattr(p, name).dtype for name in _SENT},
+        header = [{"extra": extra, "packs": [
+            {"sizes": {name: tuple(getattr(p, name).shape) for name in fields},
+             "dtypes": {name: getattr(p, name).dtype for name in fields},
              "sample_ids": p.sample_ids, "images_per_sample": p.images_per_sample, "num_padding": p.num_padding,
              "image_shape": tuple(p.images.shape[1:])}
             for p in packs]}]
     torch.distributed.broadcast_object_list(header, src=src, group=group)
     meta = header[0]["packs"]
     flat = {}
-    for name in _SENT:  # one broadcast per tensor kind for the whole step
-        if sender:  # NCCL sends device tensors: only these small fields go there early
-            flat[name] = torch.cat([getattr(p, name).reshape(-1) for p in packs]).to(distributed.device())
+    for name in fields:
+        if sender:  # NCCL sends device tensors
+            parts = [getattr(p, name).reshape(-1) for p in packs]
+            flat[name] = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(distributed.device())
         else:
             total = sum(torch.Size(m["sizes"][name]).numel() for m in meta)
             flat[name] = torch.empty(total, dtype=meta[0]["dtypes"][name], device=distributed.device())
         if flat[name].numel():
             torch.distributed.broadcast(flat[name], src=src, group=group)
     if sender:
-        return packs, header[0]["stats"]
-    received, offsets = [], dict.fromkeys(_SENT, 0)
+        return packs, header[0]["extra"]
+    received, offsets = [], dict.fromkeys(fields, 0)
     for m in meta:
         tensors = {}
-        for name in _SENT:
+        for name in fields:
             size = torch.Size(m["sizes"][name])
             tensors[name] = flat[name][offsets[name]:offsets[name] + size.numel()].view(size)
             offsets[name] += size.numel()
-        images = torch.empty(sum(m["images_per_sample"]), m["image_shape"][0], 0, 0,  # the count, no pixels
-                             device=distributed.device())
-        received.append(Pack(**tensors, images=images, sample_ids=m["sample_ids"],
-                             images_per_sample=m["images_per_sample"], num_padding=m["num_padding"]))
-    return received, header[0]["stats"]
+        if "images" not in tensors:  # the count, no pixels
+            tensors["images"] = torch.empty(sum(m["images_per_sample"]), m["image_shape"][0], 0, 0,
+                                            device=distributed.device())
+        received.append(Pack(**tensors, sample_ids=m["sample_ids"], images_per_sample=m["images_per_sample"],
+                             num_padding=m["num_padding"]))
+    return received, header[0]["extra"]

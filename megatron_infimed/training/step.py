@@ -20,9 +20,10 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
-from megatron_infimed.data.pack import TENSOR_FIELDS, Pack
+from megatron_infimed.data.pack import Pack
 from megatron_infimed.model.infimed import packed_seq_params
 from megatron_infimed.runtime import distributed
+from megatron_infimed.training.feed import broadcast_packs
 from megatron_infimed.training.setup import unwrap
 
 
@@ -30,27 +31,10 @@ def broadcast_pack(pack: Pack | None) -> Pack:
     """Send tensor-parallel rank 0's pack to the other ranks of its tensor-parallel group."""
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return pack
-    group = parallel_state.get_tensor_model_parallel_group()
-    src = parallel_state.get_tensor_model_parallel_src_rank()
-    header = [None]
-    if pack is not None:
-        header = [{
-            "shapes": {name: (tuple(getattr(pack, name).shape), getattr(pack, name).dtype) for name in TENSOR_FIELDS},
-            "sample_ids": pack.sample_ids, "images_per_sample": pack.images_per_sample,
-            "num_padding": pack.num_padding,
-        }]
-    torch.distributed.broadcast_object_list(header, src=src, group=group)
-    meta = header[0]
-    tensors = {}
-    for name in TENSOR_FIELDS:
-        shape, dtype = meta["shapes"][name]
-        tensor = (getattr(pack, name).contiguous() if pack is not None
-                  else torch.empty(shape, dtype=dtype, device=distributed.device()))
-        if tensor.numel():
-            torch.distributed.broadcast(tensor, src=src, group=group)
-        tensors[name] = tensor
-    return Pack(**tensors, sample_ids=meta["sample_ids"], images_per_sample=meta["images_per_sample"],
-                num_padding=meta["num_padding"])
+    packs, _ = broadcast_packs([pack] if pack is not None else None,
+                               parallel_state.get_tensor_model_parallel_src_rank(),
+                               parallel_state.get_tensor_model_parallel_group())
+    return packs[0]
 
 
 class LossAccumulator:
