@@ -3,6 +3,7 @@
     infimed-convert import-hf --language QWEN3_DIR [--vision SIGLIP_DIR] --output CKPT [--preset tiny]
                               [--tensor-model-parallel-size 2] [--pipeline-model-parallel-size 2]
     infimed-convert export-hf --checkpoint CKPT --output HF_DIR [--language-only] [--dtype bfloat16]
+                              [--no-verify-checkpoint] [--allow-non-finite]
 
 import-hf with TP×PP > 1 checks its input in this process, then re-launches itself under
 ``torchrun --standalone --nproc-per-node TP×PP`` (each rank writes its own piece of the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/)")
     exp.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    exp.add_argument("--no-verify-checkpoint", action="store_true",
+                     help="skip the SHA-256 check of the checkpoint's files against its checksums.sha256")
+    exp.add_argument("--allow-non-finite", action="store_true",
+                     help="export NaN/inf weights instead of refusing them")
     return parser
 
 
@@ -94,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_infimed.convert.export_hf import export_hf
 
         out = export_hf(args.checkpoint, args.output, dtype=args.dtype, language_only=args.language_only,
-                        tokenizer=args.tokenizer, max_shard_size=args.max_shard_size, progress=not args.no_progress)
+                        tokenizer=args.tokenizer, max_shard_size=args.max_shard_size, progress=not args.no_progress,
+                        verify_checkpoint=not args.no_verify_checkpoint, allow_non_finite=args.allow_non_finite)
         print(f"infimed-convert: wrote {out}")
         return 0
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, pickle.UnpicklingError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"infimed-convert: error: {message}", file=sys.stderr)
         return 2

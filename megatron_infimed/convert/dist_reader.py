@@ -43,6 +43,8 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from megatron_infimed.checkpoint.metadata import read_metadata
+
 # megatron-core's local layer spec stores the decoder's two pre-norms under the names Transformer
 # Engine's fused linears use; the TE vision spec does the same for the ViT's LayerNorms.
 _STORED_ALIASES = {
@@ -52,26 +54,6 @@ _STORED_ALIASES = {
     "pre_mlp_layernorm.bias": ("mlp.linear_fc1.layer_norm_bias",),
 }
 
-_ALLOWED = {
-    ("torch.distributed.checkpoint.metadata", n) for n in
-    ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-     "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {
-    ("torch.distributed.checkpoint.planner", n) for n in ("SavePlan", "WriteItem", "WriteItemType", "TensorWriteData")
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
-     ("torch", "Size"), ("torch", "device"), ("pathlib", "PosixPath"),  # DCP may record the checkpoint path
-     ("torch", "layout"), ("torch", "memory_format"), ("collections", "OrderedDict"), ("builtins", "getattr"),
-     ("torch", "dtype")} | {("torch", str(d).removeprefix("torch.")) for d in vars(torch).values()
-                           if isinstance(d, (torch.dtype, torch.layout, torch.memory_format))}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not a "
-                                         f"torch.distributed.checkpoint metadata class; refusing to load it")
-        return super().find_class(module, name)
-
 
 class _SafeReader(dcp.FileSystemReader):
     """DCP's reader with a safe, once-only metadata load (``dcp.load`` asks for it on every call)."""
@@ -80,8 +62,7 @@ class _SafeReader(dcp.FileSystemReader):
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
         if self._metadata is None:
-            with open(Path(self.path) / ".metadata", "rb") as file:
-                metadata = _MetadataUnpickler(file).load()
+            metadata = read_metadata(self.path)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             self._metadata = metadata

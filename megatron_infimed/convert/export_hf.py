@@ -11,6 +11,11 @@ are known without reading a weight), so each shard's header is written before it
 tensors are read from the torch_dist files one global tensor (or one layer of a stacked tensor) at
 a time, converted, written and dropped, so peak memory is one megatron tensor and its split. Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end;
 any failure removes it, and every shape check runs before the folder is created.
+
+Refused (ValueError, nothing left behind): checkpoint files whose SHA-256 differs from its
+``checksums.sha256`` (``integrity.verify``, unless ``verify_checkpoint=False``), and NaN/inf in any
+written tensor (``finite.check_finite`` on each shard, unless ``allow_non_finite``). Only the
+allowlisted tokenizer files are copied, and never over a file the export wrote.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megatron_infimed.checkpoint import integrity
+from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.convert import mapping
 from megatron_infimed.convert.dist_reader import DistCheckpointReader
+from megatron_infimed.convert.finite import check_finite
 from megatron_infimed.convert.hf_config import infimed_config, qwen3_config
 from megatron_infimed.convert.safetensors_writer import SafetensorsWriter
 from megatron_infimed.data.images import RESIZE_MODES
@@ -138,18 +146,17 @@ def _converted_tokenizer(tokenizer_dir: Path | None):
 
 
 def _write_tokenizer(tokenizer_dir: Path | None, target: Path, converted=None) -> None:
-    """Copy the tokenizer files (plus ``converted`` as ``tokenizer.json``, so ``AutoTokenizer`` and
-    ``AutoProcessor`` load a SentencePiece run's tokenizer) and put our one chat template into
-    tokenizer_config.json."""
+    """Copy the allowlisted tokenizer files (plus ``converted`` as ``tokenizer.json``, so
+    ``AutoTokenizer`` and ``AutoProcessor`` load a SentencePiece run's tokenizer) and put our one
+    chat template into tokenizer_config.json."""
     from megatron_infimed.data.chat_template import CHAT_TEMPLATE_JINJA
     from megatron_infimed.data.tokenizer import END_OF_TEXT, IM_END
 
     if tokenizer_dir is None:
         return
-    for file in sorted(tokenizer_dir.iterdir()):
-        # A source chat_template.jinja (e.g. Qwen3's) would take precedence over ours.
-        if file.is_file() and file.name != "chat_template.jinja":
-            shutil.copy2(file, target / file.name)
+    # A source chat_template.jinja (e.g. Qwen3's) would take precedence over ours. A model folder
+    # given as tokenizer also holds config.json and weight indexes: those must not reach the export.
+    copy_tokenizer(tokenizer_dir, target, skip=("chat_template.jinja",), protect=True)
     if converted is not None:
         converted.save(str(target / "tokenizer.json"))
     config_path = target / "tokenizer_config.json"
@@ -201,7 +208,7 @@ def _write_configs(config: ModelConfig, target: Path, language_only: bool, token
 
 def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None = None, language_only: bool = False,
               tokenizer: str | Path | None = None, max_shard_size: str | int = "5GB",
-              progress: bool = True) -> Path:
+              progress: bool = True, verify_checkpoint: bool = True, allow_non_finite: bool = False) -> Path:
     """Write ``checkpoint`` as a Hugging Face folder at ``output``; returns ``output``."""
     output = Path(output)
     if output.exists():
@@ -209,6 +216,8 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     directory = checkpoint_directory(checkpoint)
+    if verify_checkpoint:
+        integrity.verify(directory)  # CheckpointCorrupted naming the file; a warning without a manifest
     config_file = directory / "model_config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no model_config.json (written by infimed-train and import-hf)")
@@ -255,6 +264,9 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
                         for tensor_name, tensor in zip(names, mapping.split(entry, fused, config)):
                             writer.write(tensor_name, tensor.to(out_dtype))
                     bar.update(1)
+            if not allow_non_finite:
+                check_finite(partial / name, {prefixes[e.row.part] + hf: f"from '{e.megatron}'"
+                                              for e in shard for hf in e.hf})
             weight_map.update(dict.fromkeys((spec[0] for spec in specs), name))
             total += writer.data_bytes
         bar.close()

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_infimed.config.presets import ModelConfig, get_preset
+from megatron_infimed.config.presets import PRESETS, ModelConfig, get_preset
 from megatron_infimed.convert import mapping
 from megatron_infimed.convert.hf_config import language_from_qwen3, mismatches, read_config, vision_from_siglip
 from megatron_infimed.convert.safetensors_folder import SafetensorsFolder
+from megatron_infimed.model.token_reduction import tokens_per_image
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 # Tensors a source may hold that this model does not use, by design (counted and reported).
 _NOT_USED = {
     "vision": ("text_model.", "logit_scale", "logit_bias", "head.", "vision_model.head."),
@@ -138,6 +137,21 @@ def _check_lm_head(folder: SafetensorsFolder, language: Source, config: ModelCon
         counts["language: lm_head.weight (tied copy)"] = 1
 
 
+def _check_reduction(config: ModelConfig, config_file: str | Path | None) -> None:
+    """The image-token reduction must fit the vision grid; the message says which flag sets it.
+    (A preset's reduction fits its own vision encoder, which the checkpoint was checked against.)"""
+    try:
+        tokens_per_image(config)
+    except ValueError as error:
+        grid = config.vision.grid_size
+        example = f'"reduction": {{"kind": "pool", "pooled_grid": {grid}}}'
+        if config_file:
+            raise ValueError(f"--config {config_file}: {error}; give it a reduction that fits, e.g. {example}") from None
+        raise ValueError(f"the vision encoder has a {grid}x{grid} patch grid, which the default image-token "
+                         f"reduction does not fit ({error}); pass --preset NAME (one of {sorted(PRESETS)}) or "
+                         f"--config FILE, a model_config.json with a reduction that fits, e.g. {example}") from None
+
+
 def plan_import(language_dir: str | Path, vision_dir: str | Path | None = None, *, preset: str | None = None,
                 config_file: str | Path | None = None, projector: str | Path | None = None) -> ImportPlan:
     """Check everything an import needs; raises ValueError/FileNotFoundError naming the problem."""
@@ -159,9 +173,7 @@ def plan_import(language_dir: str | Path, vision_dir: str | Path | None = None, 
         found = replace(base, language=language, vision=vision)
     token_id, tokenizer_dir = _image_token_id(language_dir, base, language.vocab_size)
     config = replace(found, image_token_id=token_id)
-    from megatron_infimed.model.token_reduction import tokens_per_image
-
-    tokens_per_image(config)  # validates the reduction against the vision grid
+    _check_reduction(config, config_file)
 
     counts: dict[str, int] = {}
     sources = {}
@@ -251,9 +263,9 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
         fill_chunk(chunk, plan)
         if is_rank0 and partial.exists():  # left by a crashed earlier attempt
             shutil.rmtree(partial)
-        directory = save_weights(str(partial), [chunk])
+        # The tokenizer goes where a training checkpoint keeps it, inside the checksum manifest.
+        save_weights(str(partial), [chunk], tokenizer_path=plan.tokenizer_dir)
         if is_rank0:
-            _copy_tokenizer(plan.tokenizer_dir, directory / "tokenizer")
             partial.rename(output)
         torch.distributed.barrier()
     except BaseException:
@@ -261,13 +273,3 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
             shutil.rmtree(partial, ignore_errors=True)
         raise
     return output
-
-
-def _copy_tokenizer(source: Path | None, target: Path) -> None:
-    """The Qwen3 folder's tokenizer files, where a training checkpoint keeps its tokenizer."""
-    if source is None:
-        return
-    files = [source / name for name in TOKENIZER_FILES if (source / name).is_file()]
-    target.mkdir()
-    for file in files:
-        shutil.copy2(file, target / file.name)

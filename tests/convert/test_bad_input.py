@@ -114,7 +114,9 @@ def test_export_of_checkpoint_that_contradicts_its_config_names_the_tensor(tp1_c
     config["language"]["ffn_hidden_size"] = 96
     config_file.write_text(json.dumps(config))
     out = tmp_path / "out"
-    assert main(["export-hf", "--checkpoint", str(checkpoint), "--output", str(out), "--no-progress"]) == 2
+    # Checksums off: model_config.json was edited after the save, and the shape check is the subject.
+    assert main(["export-hf", "--checkpoint", str(checkpoint), "--output", str(out), "--no-progress",
+                 "--no-verify-checkpoint"]) == 2
     assert "'language_model.decoder.layers.0.mlp.linear_fc1.weight' has shape (256, 64), expected (192, 64)" \
         in capsys.readouterr().err
     assert not out.exists()
@@ -159,6 +161,23 @@ def test_checkpoint_metadata_naming_a_foreign_class_is_not_unpickled(tmp_path):
     assert (tmp_path / "victim").is_dir()
 
 
+def test_export_of_a_checkpoint_with_foreign_metadata_exits_2_naming_the_class(tp1_checkpoint, tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(tmp_path / "victim"),))
+
+    iteration = tmp_path / "iter"
+    shutil.copytree(tp1_checkpoint / "iter_0000000", iteration)
+    (iteration / ".metadata").write_bytes(pickle.dumps(Payload()))
+    (tmp_path / "victim").mkdir()
+    out = tmp_path / "out"
+    # Checksums off: the metadata itself must be refused, whatever a manifest says of it.
+    assert main(["export-hf", "--checkpoint", str(iteration), "--output", str(out), "--no-progress",
+                 "--no-verify-checkpoint"]) == 2
+    assert "refers to shutil.rmtree" in capsys.readouterr().err
+    assert (tmp_path / "victim").is_dir() and not out.exists()
+
+
 def test_parallel_import_relaunches_under_torchrun_and_cleans_up_a_failed_run(hf_sources, tmp_path, monkeypatch):
     import megatron_infimed.cli.convert as cli
 
@@ -178,3 +197,25 @@ def test_parallel_import_relaunches_under_torchrun_and_cleans_up_a_failed_run(hf
     assert launched[0][1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
     assert launched[0][6:] == ["megatron_infimed.cli.convert", *argv]
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_import_without_preset_on_a_small_vit_says_what_to_pass(hf_sources, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["import-hf", "--language", str(hf_sources.qwen3), "--vision", str(hf_sources.siglip),
+                 "--output", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "8x8 patch grid" in err and "reduction.pooled_grid=12 must be in 1..8" in err
+    assert "pass --preset NAME" in err and '"pooled_grid": 8' in err
+
+
+def test_import_with_a_config_whose_reduction_does_not_fit_names_the_config(hf_sources, tmp_path, capsys):
+    from megatron_infimed.config.presets import get_preset
+
+    data = get_preset("tiny").to_dict()
+    data["reduction"]["pooled_grid"] = 20
+    (tmp_path / "model_config.json").write_text(json.dumps(data))
+    err = _import(capsys, hf_sources.qwen3, tmp_path / "out", "--vision", str(hf_sources.siglip),
+                  "--config", str(tmp_path / "model_config.json"))
+    assert f"--config {tmp_path / 'model_config.json'}: reduction.pooled_grid=20 must be in 1..8" in err
+    assert '"pooled_grid": 8' in err
