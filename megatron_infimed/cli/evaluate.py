@@ -19,7 +19,8 @@ from megatron_infimed.eval.runner import run_benchmark, score_predictions
 def _add_benchmark_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument("--data", required=True, help="the benchmark file (JSON, CSV or JSONL)")
-    parser.add_argument("--image-root", help="folder image paths are relative to (default: beside --data)")
+    parser.add_argument("--image-root", help="folder image paths are relative to (default: beside --data); "
+                                             "run only: score does not open images")
     parser.add_argument("--split", help="vqa_rad only: test (default), train or all")
     parser.add_argument("--language", help="slake only: q_lang to keep, en (default), zh or all")
     parser.add_argument("--output", required=True, help="folder for predictions.jsonl, results.json, results.md")
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # score reads only the gold answers; checking images would need them and skip questions without.
         questions = load_benchmark(
-            args.benchmark, args.data, image_root=args.image_root, split=args.split, language=args.language
+            args.benchmark, args.data, image_root=args.image_root, split=args.split, language=args.language,
+            check_images=args.command == "run",
         )
         if args.command == "score":
             results = score_predictions(questions, args.predictions, args.output, benchmark=args.benchmark)

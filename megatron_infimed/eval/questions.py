@@ -70,12 +70,19 @@ def image_problem(path: Path) -> str | None:
 
 
 def jsonl_records(path: Path, error: type[Exception]) -> Iterator[tuple[int, str, object]]:
-    """(line number, "PATH line N", parsed value) per non-blank line; bad JSON raises ``error`` naming the line."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    """(line number, "PATH line N", parsed value) per non-blank line; bad JSON or bytes that are not
+    UTF-8 raise ``error`` naming the line."""
+    # Read as bytes and decode line by line: a text-mode read fails on the first bad byte without
+    # saying which line holds it.
+    with Path(path).open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path} line {line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise error(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from err
             if not line.strip():
                 continue
-            where = f"{path} line {line_number}"
             try:
                 yield line_number, where, json.loads(line)
             except json.JSONDecodeError as err:

@@ -7,6 +7,7 @@ per question in the batch, in order. Skipped questions (unusable image) are neve
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -62,9 +63,15 @@ def score_predictions(
     *,
     benchmark: str | None = None,
 ) -> dict:
-    """Score an existing predictions JSONL against ``questions``; returns results.json's dict."""
+    """Score an existing predictions JSONL against ``questions``; returns results.json's dict.
+
+    A question the file marks as skipped (a run's line for an unusable image) stays skipped, so a
+    run's predictions score the same again where its images are not at hand.
+    """
     predictions = read_predictions(predictions_path, (q.id for q in questions))
-    return _finish(evaluate(questions, predictions, benchmark=benchmark), output_dir)
+    questions = [q if q.skip_reason or q.id not in predictions.skipped
+                 else replace(q, skip_reason=predictions.skipped[q.id]) for q in questions]
+    return _finish(evaluate(questions, predictions.answers, benchmark=benchmark), output_dir)
 
 
 def _finish(evaluation: Evaluation, output_dir: str | Path) -> dict:

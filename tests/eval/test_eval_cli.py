@@ -29,8 +29,9 @@ def test_score_writes_the_three_files(bench, tmp_path, capsys):
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.jsonl", "results.json", "results.md"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert (results["closed_accuracy"], results["n_skipped"], results["skipped"]) == (0.5, 1, {"image_missing": 1})
-    assert json.loads(capsys.readouterr().out)["overall"] == 0.5
+    # Scoring does not look at images: question 3 (image missing) is scored, as wrong without a prediction.
+    assert (results["closed_accuracy"], results["n_skipped"], results["n_missing_predictions"]) == (1 / 3, 0, 1)
+    assert json.loads(capsys.readouterr().out)["overall"] == 1 / 3
 
 
 def test_score_error_exits_2_with_the_message(bench, tmp_path, capsys):
@@ -72,3 +73,34 @@ def test_unknown_benchmark_is_rejected_by_the_parser(bench, tmp_path):
         evaluate.main(["score", "--benchmark", "mmmu", "--data", str(bench), "--predictions", "p",
                        "--output", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_score_does_not_need_the_images(bench, tmp_path):
+    (tmp_path / "x.png").unlink()
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": "yes"}) + "\n" for i in (1, 2, 3)))
+    assert evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench),
+                          "--predictions", str(predictions), "--output", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["closed_accuracy"], results["n_closed"], results["n_skipped"]) == (2 / 3, 3, 0)
+
+
+def test_a_run_scored_again_without_its_images_gives_the_same_results(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "load_answer_fn", lambda model, tokens: lambda batch: ["yes"] * len(batch))
+    assert evaluate.main(["run", "--model", "ckpt", "--benchmark", "jsonl", "--data", str(bench),
+                          "--output", str(tmp_path / "run")]) == 0
+    (tmp_path / "x.png").unlink()
+    assert evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench), "--predictions",
+                          str(tmp_path / "run" / "predictions.jsonl"), "--output", str(tmp_path / "score")]) == 0
+    first, again = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("run", "score"))
+    assert again == first and first["skipped"] == {"image_missing": 1}
+
+
+def test_empty_predictions_file_exits_2_naming_it(bench, tmp_path, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("")
+    code = evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench),
+                          "--predictions", str(predictions), "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert f"{predictions} holds no predictions" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -151,7 +151,7 @@ def test_prediction_for_a_skipped_question_is_not_scored(tmp_path):
 def test_integer_prediction_id_matches_string_question_id(tmp_path):
     questions = [Question(id="0", question="?", answer="yes", type="closed")]
     path = write_lines(tmp_path / "p.jsonl", [{"id": 0, "prediction": "yes"}])
-    assert read_predictions(path, ["0"]) == {"0": "yes"}
+    assert read_predictions(path, ["0"]).answers == {"0": "yes"}
     assert score_predictions(questions, path, tmp_path / "out")["closed_accuracy"] == 1.0
 
 
@@ -188,3 +188,37 @@ def test_failed_scoring_writes_no_results(tmp_path):
     with pytest.raises(PredictionsError):
         score_predictions(QUESTIONS, path, tmp_path / "out")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_empty_predictions_file_is_an_error_naming_it(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ["", "  "])
+    with pytest.raises(PredictionsError, match=r"p.jsonl holds no predictions"):
+        score_predictions(QUESTIONS, path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_predictions_are_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"id": "c1", "prediction": "yes"}\n{"id": "c2", "prediction": "n\xf6"}\n')
+    with pytest.raises(PredictionsError, match=r"p.jsonl line 2: not UTF-8 text \(byte 0xf6 at column 30\)"):
+        read_predictions(path, [q.id for q in QUESTIONS])
+
+
+def test_a_runs_skipped_questions_stay_skipped_when_its_predictions_are_scored(tmp_path):
+    run_benchmark(QUESTIONS, always_yes, tmp_path / "run", progress=False)
+    unchecked = [q if q.skip_reason is None else Question(id=q.id, question=q.question, answer=q.answer, type=q.type)
+                 for q in QUESTIONS]  # as loaded without looking at the images
+    results = score_predictions(unchecked, tmp_path / "run" / "predictions.jsonl", tmp_path / "score")
+    assert (results["n_skipped"], results["skipped"], results["overall"]) == (1, {"image_missing": 1}, 0.5)
+
+
+def test_a_skip_reason_with_a_prediction_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{"id": "c1", "prediction": "yes", "skipped": "image_missing"}])
+    with pytest.raises(PredictionsError, match=r"line 1 \(id c1\): a skipped question has no prediction"):
+        read_predictions(path, [q.id for q in QUESTIONS])
+
+
+def test_an_unknown_skip_reason_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{"id": "c1", "prediction": None, "skipped": "too_hard"}])
+    with pytest.raises(PredictionsError, match=r"line 1 \(id c1\): skipped should be one of .* got 'too_hard'"):
+        read_predictions(path, [q.id for q in QUESTIONS])
