@@ -7,10 +7,14 @@
         run_config.json  model_config.json
         loader/dp0.pt ...                 the data loader's state per data-parallel rank
         rng/rank0.pt ...                  RNG states per rank (restored when the layout is unchanged)
-        tokenizer/                        a copy of the run's tokenizer files
+        tokenizer/                        the run's tokenizer files (an allowlist, never a whole folder)
+        checksums.sha256                  SHA-256 of every file above, written last
 
 A checkpoint counts only once the tracker names it, so a run killed half-way through a save
 resumes from the previous one; older iterations beyond ``keep_last`` are removed after that.
+A model with a NaN/inf parameter is never saved, so rotation never removes the last finite one.
+Loading checks the files against ``checksums.sha256`` (split across ranks) and reads DCP's
+pickled ``.metadata`` with an allowlist before megatron-core does.
 """
 
 from __future__ import annotations
@@ -18,13 +22,24 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_infimed.checkpoint import integrity
+from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.checkpoint.metadata import read_metadata
+from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
+from megatron_infimed.model.token_reduction import tokens_per_image
+from megatron_infimed.runtime import distributed
 from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration, write_tracker
+
+
+class NonFiniteModel(ValueError):
+    """A parameter holds NaN or inf: the model is not saved (it would replace a good checkpoint)."""
 
 
 def _model_state(chunks) -> dict:
@@ -63,11 +78,13 @@ def _prepare(root: str, iteration: int) -> Path:
 
 
 def _write_tracker(root: str, iteration: int, directory: Path, model_config, keep_last: int) -> None:
-    """Rank 0, once every rank's files are complete: config files, then the tracker, atomically."""
+    """Rank 0, once every rank's files are complete: config files, the checksum manifest, then the
+    tracker, atomically."""
     if torch.distributed.get_rank() != 0:
         return
     (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
     (directory / "layout.json").write_text(json.dumps(_layout()))
+    integrity.write_manifest(directory)
     write_tracker(root, iteration)
     _remove_old(root, iteration, keep_last)
 
@@ -82,6 +99,7 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
          run_config, tokenizer_path: str | None = None, async_queue=None) -> Path:
     """Collective: every rank calls it. With ``async_queue`` (megatron-core's ``AsyncCallsQueue``)
     the tensors are written in the background and the tracker only once every rank is done."""
+    check_finite(chunks, iteration)
     directory = _prepare(root, iteration)
     rank = torch.distributed.get_rank()
     model_state = _model_state(chunks)
@@ -102,7 +120,7 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
     if rank == 0:
         (directory / "run_config.json").write_text(json.dumps(run_config.to_dict(), indent=2, default=str))
         if tokenizer_path:
-            _copy_tokenizer(tokenizer_path, directory / "tokenizer")
+            copy_tokenizer(tokenizer_path, directory / "tokenizer")
     if async_queue is None:
         _commit(root, iteration, directory, chunks[0].model_config, run_config.keep_last)
     else:
@@ -112,12 +130,46 @@ def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, sc
     return directory
 
 
-def _copy_tokenizer(path: str, target: Path) -> None:
-    source = Path(path)
-    target.mkdir(exist_ok=True)
-    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
-    for file in files:
-        shutil.copy2(file, target / file.name)
+def check_finite(chunks, iteration: int) -> None:
+    """Collective: raise ``NonFiniteModel`` on every rank if any rank holds a NaN/inf parameter."""
+    bad = next((name for i, chunk in enumerate(chunks) for name, p in chunk.named_parameters()
+                if not torch.isfinite(p).all()), None)
+    flag = torch.tensor([int(bad is not None)], device=distributed.device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        where = f"parameter {bad} on rank {torch.distributed.get_rank()}" if bad else "a parameter on another rank"
+        raise NonFiniteModel(f"iteration {iteration}: {where} is NaN or inf; refusing to save a non-finite model "
+                             f"(the last checkpoint is kept)")
+
+
+def verify(directory: Path) -> None:
+    """Collective: every rank checksums its share of the files; any mismatch fails every rank."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    error = ""
+    try:
+        with warnings.catch_warnings():
+            if rank:  # one warning for a checkpoint without a manifest, not one per rank
+                warnings.simplefilter("ignore")
+            integrity.verify(directory, part=(rank, world))
+    except integrity.CheckpointCorrupted as exc:
+        error = str(exc)
+    flag = torch.tensor([int(bool(error))], device=distributed.device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        raise integrity.CheckpointCorrupted(error or f"checkpoint {directory} failed verification on another "
+                                                     f"rank (its error names the file)")
+
+
+def _readable(directory: Path, verify_files: bool) -> None:
+    """Before megatron-core reads ``directory``: its files are those written, and the pickled
+    ``.metadata`` names only DCP classes."""
+    if verify_files:
+        verify(directory)
+    for name in ("common.pt", "metadata.json"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} lacks {name}, which megatron-core writes with "
+                                    f"every torch_dist checkpoint; the folder is incomplete")
+    read_metadata(directory)
 
 
 def _remove_old(root: str, current: int, keep_last: int) -> None:
@@ -129,10 +181,14 @@ def _remove_old(root: str, current: int, keep_last: int) -> None:
         shutil.rmtree(iteration_dir(root, old), ignore_errors=True)
 
 
-def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool = False) -> dict:
+def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool = False,
+         verify_files: bool = True) -> dict:
     """Resume everything from the latest complete checkpoint under ``root``."""
     iteration = latest_iteration(root)
     directory = iteration_dir(root, iteration)
+    _readable(directory, verify_files)
+    if not reset_data:
+        _check_image_tokens(directory, chunks[0].model_config)
     model_state = _model_state(chunks)
     state = {**model_state, "optimizer": optimizer.sharded_state_dict(model_state, is_loading=True)}
     loaded = dist_checkpointing.load(state, str(directory))
@@ -144,6 +200,17 @@ def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool 
     _load_loader_state(directory, data_source, saved_layout, reset_data)
     _load_rng(directory, saved_layout)
     return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"])}
+
+
+def _check_image_tokens(directory: Path, model_config) -> None:
+    """The loader's buffered samples were tokenised with the saved run's image-token count."""
+    saved = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
+    before, now = tokens_per_image(saved), tokens_per_image(model_config)
+    if before != now:
+        raise ValueError(f"checkpoint {directory} was trained with {before} tokens per image (reduction "
+                         f"{saved.reduction.kind}) and this run has {now} (reduction {model_config.reduction.kind}): "
+                         f"the loader's buffered samples hold the old count. Keep the reduction to resume, or pass "
+                         f"--reset-data-state to restart the data streams with the new one")
 
 
 def _load_loader_state(directory: Path, data_source, saved_layout: dict, reset: bool) -> None:
@@ -172,36 +239,23 @@ def _load_rng(directory: Path, saved_layout: dict) -> None:
         get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def save_weights(root: str, chunks, iteration: int = 0) -> Path:
+def save_weights(root: str, chunks, iteration: int = 0, tokenizer_path: str | Path | None = None) -> Path:
     """Model weights only, in the same layout (used by ``infimed-convert import-hf``). Collective."""
     directory = _prepare(root, iteration)
     dist_checkpointing.save(_model_state(chunks), str(directory))
+    if tokenizer_path is not None and torch.distributed.get_rank() == 0:
+        copy_tokenizer(tokenizer_path, directory / "tokenizer")
     _commit(root, iteration, directory, chunks[0].model_config)
     return directory
 
 
-def load_weights(root: str, chunks) -> int:
+def load_weights(root: str, chunks, verify_files: bool = True) -> int:
     """Model weights only (``--pretrained-checkpoint``): a new run with a fresh optimizer."""
     iteration = latest_iteration(root)
     if iteration is None:
         raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
+    _readable(iteration_dir(root, iteration), verify_files)
     loaded = dist_checkpointing.load(_model_state(chunks), str(iteration_dir(root, iteration)))
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=True)
     return iteration
-
-
-class SampleLedger:
-    """``RUN_DIR/samples-dpR.jsonl``: which samples each data-parallel rank trained at each iteration."""
-
-    def __init__(self, run_dir: str | None, enabled: bool):
-        self.enabled = bool(run_dir) and enabled
-        self.run_dir = Path(run_dir) if run_dir else None
-
-    def write(self, iteration: int, dp_rank: int, packs) -> None:
-        if not self.enabled:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / f"samples-dp{dp_rank}.jsonl").open("a") as f:
-            f.write(json.dumps({"iteration": iteration, "sample_ids": [s for p in packs for s in p.sample_ids]})
-                    + "\n")

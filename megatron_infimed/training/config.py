@@ -59,6 +59,9 @@ class TrainConfig:
     # Shard optimizer state over data-parallel ranks (megatron-core's DistributedOptimizer).
     use_distributed_optimizer: bool = False
     seed: int = 1234
+    # Stop with an error naming the iteration when the loss or a gradient is NaN/inf (Megatron's
+    # --check-for-nan-in-loss-and-grad), before the optimizer applies it.
+    check_for_nan_in_loss_and_grad: bool = True
     # Data
     mock_data: bool = False
     data: dict = field(default_factory=dict)
@@ -75,12 +78,16 @@ class TrainConfig:
     keep_last: int = 2
     async_save: bool = False
     exit_duration_in_mins: float | None = None
+    # Check every file of a checkpoint against its checksums.sha256 before loading it.
+    verify_checkpoint: bool = True
     # Logging
     run_dir: str | None = None
     log_interval: int = 1
     wandb_project: str | None = None
     wandb_mode: str = "offline"
     dry_run: bool = False
+    # Show the full traceback of a configuration or data error instead of one line.
+    debug: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +100,11 @@ _HELP = {
     "dry_run": "build the model on the meta device and print its sizes as JSON",
     "loss_weighting": "token | sample | square",
     "fp8": "FP8 recipe through Transformer Engine (e.g. hybrid); needs --transformer-impl te",
+    "check_for_nan_in_loss_and_grad": "stop with an error when the loss or a gradient is NaN/inf (default on)",
+    "verify_checkpoint": "check checkpoint files against their SHA-256 manifest before loading (default on)",
+    "load": "checkpoint folder to resume from (holds latest_checkpointed_iteration.txt); missing or empty "
+            "starts a new run",
+    "debug": "show full tracebacks for configuration and data errors",
 }
 
 
@@ -171,4 +183,32 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"lr_decay_style '{config.lr_decay_style}' must be cosine, linear or constant")
     if not config.mock_data and not config.data and not config.dry_run:
         raise ValueError("no training data: give --mock-data or a 'data' section (see examples/)")
+    _check_sizes(config)
     return config
+
+
+# (field, smallest allowed value, may it be unset): sizes are checked here, at parse time, so a
+# zero or negative value is named instead of surfacing as ZeroDivisionError or a silent no-op.
+_SIZES = (
+    ("tensor_model_parallel_size", 1, False), ("pipeline_model_parallel_size", 1, False),
+    ("virtual_pipeline_model_parallel_size", 1, True), ("context_parallel_size", 1, False),
+    ("recompute_num_layers", 1, True), ("micro_batch_size", 1, False), ("global_batch_size", 1, True),
+    ("seq_length", 1, False), ("train_iters", 1, False), ("lr_warmup_iters", 0, False),
+    ("lr_decay_iters", 1, True), ("save_interval", 1, True), ("keep_last", 0, False),
+    ("log_interval", 1, False), ("lr", 0, False), ("min_lr", 0, False), ("weight_decay", 0, False),
+    ("clip_grad", 0, False), ("exit_duration_in_mins", 0, True),
+)
+
+
+def _check_sizes(config: TrainConfig) -> None:
+    for name, smallest, optional in _SIZES:
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if value is None or value < smallest or value != value:  # value != value: NaN
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is {value!r}; it must be a number >= {smallest}"
+                             + (" (or left unset)" if optional else ""))
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} is {getattr(config, name)!r}; it must lie in [0, 1)")

@@ -1,4 +1,8 @@
-"""Per-iteration training metrics: the console line, ``RUN_DIR/metrics.jsonl`` and W&B.
+"""Per-iteration training metrics: the console line, ``RUN_DIR/metrics.jsonl``, the sample ledger
+``RUN_DIR/samples-dpR.jsonl`` and W&B.
+
+A resumed run redoes the iterations after its checkpoint; both files are first cut back to the
+resumed iteration (``truncate_jsonl``), so each iteration has exactly one line.
 
 Throughput counts real tokens only (padding excluded). TFLOP/s per GPU uses the one FLOPs
 formula in ``training.flops``; MFU divides it by the device's dense bf16 peak (known H100/H200
@@ -26,6 +30,28 @@ def peak_tflops() -> float | None:
     return next((peak for key, peak in _PEAK_TFLOPS.items() if key in name), None)
 
 
+def truncate_jsonl(path: Path, iteration: int) -> int:
+    """Keep the records of ``path`` up to ``iteration`` (a line cut short by a kill goes too);
+    returns how many were removed. Rewritten atomically."""
+    if not path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["iteration"] <= iteration
+        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            removed += 1
+    if removed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return removed
+
+
 class MetricsLogger:
     """Writes one JSON object per logged iteration; only the rank that owns the loss writes."""
 
@@ -42,6 +68,11 @@ class MetricsLogger:
             # The API key comes from the environment or ~/.netrc; it is never logged or stored here.
             self.wandb = wandb.init(project=wandb_project, mode=wandb_mode, dir=run_dir,
                                     config={k: v for k, v in (config or {}).items() if "key" not in k.lower()})
+
+    def start_at(self, iteration: int) -> None:
+        """Drop records after ``iteration``: a resumed run logs those iterations again."""
+        if self.path:
+            truncate_jsonl(self.path, iteration)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -66,3 +97,23 @@ class MetricsLogger:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class SampleLedger:
+    """``RUN_DIR/samples-dpR.jsonl``: which samples each data-parallel rank trained at each iteration."""
+
+    def __init__(self, run_dir: str | None, enabled: bool):
+        self.enabled = bool(run_dir) and enabled
+        self.run_dir = Path(run_dir) if run_dir else None
+
+    def start_at(self, iteration: int, dp_rank: int) -> None:
+        if self.enabled:
+            truncate_jsonl(self.run_dir / f"samples-dp{dp_rank}.jsonl", iteration)
+
+    def write(self, iteration: int, dp_rank: int, packs) -> None:
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / f"samples-dp{dp_rank}.jsonl").open("a") as f:
+            f.write(json.dumps({"iteration": iteration, "sample_ids": [s for p in packs for s in p.sample_ids]})
+                    + "\n")

@@ -103,3 +103,26 @@ def make_finalize_grads(accumulator: LossAccumulator):
                 chunk.scale_gradients(float(1.0 / total))
 
     return finalize
+
+
+class NonFiniteStep(FloatingPointError):
+    """The loss or a gradient of a step is NaN/inf; raised before the optimizer applies it."""
+
+
+def check_step_finite(iteration: int, accumulator: LossAccumulator, model_chunks) -> None:
+    """Megatron's ``--check-for-nan-in-loss-and-grad``, collectively: after the gradients are reduced
+    and before ``optimizer.step``, every rank learns whether any rank saw a NaN/inf loss (last
+    stage) or gradient, and all raise ``NonFiniteStep`` naming the iteration. One norm per gradient
+    buffer, as megatron's own check: a NaN or inf anywhere makes the norm non-finite."""
+    loss_bad = not torch.isfinite(accumulator.loss_sum).item()
+    grad_bad = any(not torch.isfinite(buffer.grad_data.norm(p=2)).item()
+                   for chunk in model_chunks for buffer in chunk.buffers + chunk.expert_parallel_buffers)
+    flags = torch.tensor([int(loss_bad), int(grad_bad)], device=distributed.device())
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    loss_bad, grad_bad = (bool(v) for v in flags.tolist())
+    if loss_bad or grad_bad:
+        what = " and ".join(w for w, bad in (("the loss", loss_bad), ("the gradients", grad_bad)) if bad)
+        raise NonFiniteStep(
+            f"iteration {iteration}: {what} {'are' if ' and ' in what or what.endswith('s') else 'is'} NaN or "
+            f"inf; stopping before the optimizer step (nothing was saved from this iteration). Lower --lr or "
+            f"check the data; --no-check-for-nan-in-loss-and-grad turns this check off")
