@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="input JSON/JSONL file (not for --format synthetic)")
     p.add_argument("--out", required=True, help="output folder: shards/, manifest.json, quality_report.*")
     p.add_argument("--image-root", help="folder image paths are relative to (default: next to --input)")
+    p.add_argument("--allow-outside-image-root", action="store_true",
+                   help="read images whose real path (symlinks followed) is outside the image root")
     p.add_argument("--source", help="dataset name stored with each sample (default: the format)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="vqa_rad split")
     p.add_argument("--language", default="en", help="slake q_lang to keep, or 'all'")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge-send-images", action="store_true")
     g.add_argument("--judge-cache", help="JSONL cache file (default: OUT/progress/judge_cache.jsonl)")
     g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    g.add_argument("--judge-optional", action="store_true",
+                   help="exit 0 even when every judge call failed (the samples keep their rule scores)")
     g = p.add_argument_group("clinician review")
     g.add_argument("--review-export", help="write a stratified sample to this CSV for grading")
     g.add_argument("--review-samples", type=int, default=200)
@@ -67,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     synthetic = SyntheticSpec(n=args.synthetic_n, distribution=args.distribution, defect_rate=args.defect_rate,
                               image_size=args.synthetic_image_size, split=args.synthetic_split)
     return PrepareConfig(
-        format=args.format, input=args.input, out=args.out, image_root=args.image_root, source=args.source,
+        format=args.format, input=args.input, out=args.out, image_root=args.image_root,
+        allow_outside_image_root=args.allow_outside_image_root, source=args.source,
         split=args.split, language=args.language, image_size=args.image_size, shard_size=args.shard_size,
         workers=args.workers, seed=args.seed, shuffle=args.shuffle, domain=args.domain,
         quality_config=args.quality_config, judge=judge, review_grades=args.review_grades,
@@ -85,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     dropped = sum(report["dropped"].values())
     print(f"kept {report['kept']} of {report['total']} records ({dropped} dropped); "
           f"report: {os.path.join(args.out, 'quality_report.md')}")
+    if report.get("judge", {}).get("all_failed") and not args.judge_optional:
+        parser.exit(2, "infimed-prepare: error: every model-judge call failed (see the warning above); fix "
+                       "--judge-url and rerun with --overwrite, or pass --judge-optional to accept rule scores\n")
     return 0
 
 

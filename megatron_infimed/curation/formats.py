@@ -46,6 +46,7 @@ class InputError(ValueError):
 class ReadResult:
     items: list[Record | RecordError] = field(default_factory=list)
     excluded: int = 0  # records left out by --split / --language
+    image_root: str = ""  # the folder image paths were resolved against (--image-root or the default)
 
 
 def _decode(raw: bytes) -> str:
@@ -264,4 +265,6 @@ def read_records(
     check_input(fmt, path)
     reader, subdir = READERS[fmt]
     root = image_root or _default_root(path, subdir)
-    return reader(path, root, source or fmt, split=split, language=language)
+    result = reader(path, root, source or fmt, split=split, language=language)
+    result.image_root = root
+    return result

@@ -2,7 +2,8 @@
 
 Every load failure is an ``ImageLoadError`` carrying a named reason (``load/missing_image``,
 ``load/empty_file``, ``load/truncated_image``, ``load/corrupt_image``, ``load/decompression_bomb``,
-``load/zero_size``, ``load/dicom_without_pixels``) so the pipeline can count it.
+``load/zero_size``, ``load/dicom_without_pixels``, ``load/image_outside_root``) so the pipeline can
+count it.
 
 What is stored (the shard's image member):
 
@@ -22,6 +23,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -213,6 +215,18 @@ def load_image(path: str, *, max_pixels: int, image_size: int | None = None) -> 
     else:
         member = _encode(letterbox(stored, image_size) if image_size else stored, ext)
     return LoadedImage(path, raw, source_format, size, thumbnail, ext, member)
+
+
+def check_under_root(path: str, real_root: Path) -> None:
+    """Refuse ``path`` unless its real path (symlinks followed) lies under ``real_root`` (already resolved).
+
+    Example: root ``/data/imgs``, ``/data/imgs/../secret.png`` or a link ``/data/imgs/a.png -> /etc/x``
+    -> ``ImageLoadError("load/image_outside_root", ...)``; a record must not copy other files into shards.
+    """
+    real = Path(path).resolve()
+    if not real.is_relative_to(real_root):
+        raise ImageLoadError("load/image_outside_root", f"{path}: resolves to {real}, outside the image root "
+                             f"{real_root}; expected a file under it (--allow-outside-image-root permits this)")
 
 
 def resolve_image_path(root: str, name: str) -> str:

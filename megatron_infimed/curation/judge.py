@@ -9,6 +9,10 @@ Bounded concurrency (a thread pool of ``concurrency``), retries with exponential
 connection errors, 429 and 5xx, and a JSONL cache keyed by sha256(model, dimension, rubric,
 sample hash) so a rerun or a resumed run asks nothing twice. A request that still fails leaves
 the rule score alone and is counted in the report (``judge.failures``).
+
+Redirects are refused, not followed: urllib would turn the POST into a GET to the new location
+and keep the ``Authorization`` header, so the key would leave the configured origin and a reply
+that never saw the sample would be taken as its score. A redirect is a failed call instead.
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ class JudgeError(RuntimeError):
     pass
 
 
+class JudgeRedirectError(JudgeError):
+    """The endpoint answered with a redirect; asking again would get the same answer."""
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        raise JudgeRedirectError(f"judge endpoint {req.full_url} answered {code} redirecting to {newurl}; expected "
+                                 "a chat-completions reply (redirects are refused so the key and the sample are "
+                                 "sent only to --judge-url; point it at the final URL)")
+
+
 def parse_score(content: str) -> float:
     """'{"score": 0.8}' -> 0.8; 'Score: 0.3' -> 0.3; anything outside [0, 1] is an error."""
     try:
@@ -82,9 +98,14 @@ class ModelJudge:
         unknown = set(config.dimensions) - set(RUBRICS)
         if unknown:
             raise ValueError(f"judge dimensions {sorted(unknown)} unknown; expected some of {sorted(RUBRICS)}")
+        if config.retries < 0:
+            raise ValueError(f"judge retries must be >= 0, got {config.retries}")
         self.config = config
         self.cache: dict[str, float] = {}
         self.stats = {"requests": 0, "cache_hits": 0, "failures": 0, "retries": 0}
+        self.first_error: str | None = None  # why the first failed call failed, for the report
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._lock = threading.Lock()
         if config.cache_path and os.path.exists(config.cache_path):
             with open(config.cache_path, encoding="utf-8") as f:
@@ -103,13 +124,14 @@ class ModelJudge:
         key = os.environ.get(self.config.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        with self._opener.open(request, timeout=self.config.timeout_s) as response:
             reply = json.loads(response.read())
         return reply["choices"][0]["message"]["content"]
 
-    def _ask_with_retries(self, messages: list[dict]) -> float | None:
+    def _ask_with_retries(self, messages: list[dict]) -> float:
+        """The score; raises JudgeError naming the last failure once retries are spent."""
+        error = ""
         for attempt in range(self.config.retries + 1):
             if attempt:
                 with self._lock:
@@ -119,13 +141,16 @@ class ModelJudge:
                 self.stats["requests"] += 1
             try:
                 return parse_score(self._request(messages))
+            except JudgeRedirectError:
+                raise
             except urllib.error.HTTPError as exc:
+                error = f"judge endpoint {self.url} answered HTTP {exc.code} {exc.reason}"
                 if exc.code != 429 and exc.code < 500:
-                    return None  # a client error will not go away by asking again
+                    break  # a client error will not go away by asking again
             except (urllib.error.URLError, TimeoutError, ConnectionError, JudgeError, KeyError, IndexError,
-                    TypeError, ValueError):
-                continue
-        return None
+                    TypeError, ValueError) as exc:
+                error = f"judge call to {self.url} failed: {type(exc).__name__}: {exc}"
+        raise JudgeError(f"{error} (after {attempt + 1} attempt(s))")
 
     def _messages(self, dim: str, text: str, images: list[tuple[str, bytes]]) -> list[dict]:
         user: object = text
@@ -143,10 +168,12 @@ class ModelJudge:
             if key in self.cache:
                 self.stats["cache_hits"] += 1
                 return self.cache[key]
-        score = self._ask_with_retries(self._messages(dim, text, images))
-        if score is None:
+        try:
+            score = self._ask_with_retries(self._messages(dim, text, images))
+        except JudgeError as exc:
             with self._lock:
                 self.stats["failures"] += 1
+                self.first_error = self.first_error or str(exc)
             return None
         with self._lock:
             self.cache[key] = score

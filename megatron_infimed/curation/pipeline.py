@@ -11,19 +11,22 @@ human overrides, dedup, shard assignment) happens in the main process. That is w
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
 import random
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
 from megatron_infimed.curation.dedup import Deduplicator, image_signature, sample_hash, text_hash
 from megatron_infimed.curation.formats import check_input, read_records
-from megatron_infimed.curation.images import ImageLoadError, LoadedImage, load_image
+from megatron_infimed.curation.images import ImageLoadError, LoadedImage, check_under_root, load_image
 from megatron_infimed.curation.judge import JudgeConfig, ModelJudge
 from megatron_infimed.curation.quality import QualityConfig, build_scorers, decide, score_all
 from megatron_infimed.curation.record import Record, RecordError, conversation_text
@@ -51,6 +54,7 @@ class PrepareConfig:
     out: str
     input: str | None = None
     image_root: str | None = None
+    allow_outside_image_root: bool = False  # else an image whose real path leaves image_root is dropped
     source: str | None = None  # dataset name stored per sample; default: the format
     split: str = "train"  # vqa_rad: train | test | all
     language: str = "en"  # slake: q_lang to keep, or "all"
@@ -79,11 +83,14 @@ def make_key(position: int, sample_id: str) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(quality: QualityConfig, image_size: int | None) -> None:
-    _WORKER.update(scorers=build_scorers(quality), quality=quality, image_size=image_size, cache=OrderedDict())
+def _init_worker(quality: QualityConfig, image_size: int | None, real_root: Path | None) -> None:
+    _WORKER.update(scorers=build_scorers(quality), quality=quality, image_size=image_size, real_root=real_root,
+                   cache=OrderedDict())
 
 
 def _load_cached(path: str) -> LoadedImage:
+    if _WORKER["real_root"] is not None:
+        check_under_root(path, _WORKER["real_root"])
     # VQA data asks several questions about one image: keep recent decodes.
     cache: OrderedDict = _WORKER["cache"]
     if path in cache:
@@ -145,8 +152,15 @@ def _shard_sample(line: dict, payload: dict) -> dict:
 
 
 def _apply_overrides(line: dict, judged: dict | None, human: dict | None) -> None:
-    """Judge lowers (min), human grades replace; issue names say which source decided."""
+    """Judge lowers (min), human grades replace; issue names say which source decided.
+
+    Dimensions the judge failed on are listed in ``judge_failed``: the outcome, not only a counter
+    of this process, says the rule score stood alone, so a resumed run still reports them.
+    """
     sources = {dim: "rule" for dim in line["scores"]}
+    failed = sorted(dim for dim, score in (judged or {}).items() if score is None)
+    if failed:
+        line["judge_failed"] = failed
     for dim, score in (judged or {}).items():
         if score is not None and score < line["scores"][dim]:
             line["scores"][dim] = round(score, 4)
@@ -165,7 +179,7 @@ def _fingerprint(config: PrepareConfig, quality: QualityConfig) -> dict:
     for volatile in ("workers", "progress", "overwrite", "review_export", "review_samples"):
         data.pop(volatile)  # do not change the output bytes
     data["quality"] = asdict(quality)
-    return data
+    return json.loads(json.dumps(data))  # as run.json reads back (tuples become lists), or no judged run resumes
 
 
 def _resolve_synthetic(config: PrepareConfig) -> PrepareConfig:
@@ -252,7 +266,8 @@ def prepare(config: PrepareConfig) -> dict:
 
     remaining = items[len(lines):]
     bar = tqdm(total=len(items), initial=len(lines), desc="curating", unit="rec", disable=not config.progress)
-    init_args = (quality, config.image_size)
+    real_root = None if config.allow_outside_image_root else Path(read.image_root).resolve()
+    init_args = (quality, config.image_size, real_root)
     if config.workers == 1:
         _init_worker(*init_args)
         results = map(process_item, remaining)
@@ -274,7 +289,24 @@ def prepare(config: PrepareConfig) -> dict:
         bar.close()
         if pool is not None:
             pool.terminate()
-    return _write_outputs(config, quality, store, lines, read.excluded, judge)
+    report = _write_outputs(config, quality, store, lines, read.excluded, judge)
+    if report.get("judge", {}).get("all_failed"):
+        print(_all_failed_warning(report["judge"]), file=sys.stderr)
+    return report
+
+
+def _judge_summary(lines: list[dict], judge: ModelJudge) -> dict:
+    """This process's counters, with calls and failures counted from the outcomes of the whole run."""
+    calls = sum(len(judge.config.dimensions) for line in lines if "scores" in line)
+    failures = sum(len(line.get("judge_failed", ())) for line in lines)
+    return {**judge.stats, "calls": calls, "failures": failures, "all_failed": calls > 0 and failures == calls,
+            "first_error": judge.first_error}
+
+
+def _all_failed_warning(summary: dict) -> str:
+    first = f"; first error: {summary['first_error']}" if summary["first_error"] else ""
+    return (f"WARNING: every model-judge call failed ({summary['failures']} of {summary['calls']}); no sample was "
+            f"judged, the judged dimensions keep their rule scores{first}")
 
 
 def _write_outputs(config: PrepareConfig, quality: QualityConfig, store: ShardStore, lines: list[dict],
@@ -287,7 +319,7 @@ def _write_outputs(config: PrepareConfig, quality: QualityConfig, store: ShardSt
         for dim, (auto, graded) in line.get("review", {}).items():
             pairs.setdefault(dim, []).append((auto, graded))
     if judge:
-        extra["judge"] = dict(judge.stats)
+        extra["judge"] = _judge_summary(lines, judge)
     if pairs:
         extra["review"] = {"agreement": agreement(pairs, quality.thresholds)}
     report = build_report(lines, quality.thresholds, extra)

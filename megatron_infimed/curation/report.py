@@ -106,7 +106,10 @@ def render_markdown(report: dict) -> str:
                     f"{s.get('p50', '-')} | {s.get('below_threshold', '-')} |")
     rows += ["", *[f"![{dim}](report/hist_{dim}.png)" for dim in DIMENSIONS]]
     if report.get("judge"):
-        rows += ["", "## Model judge", "", *[f"- {k}: {v}" for k, v in report["judge"].items()]]
+        rows += ["", "## Model judge", ""]
+        if report["judge"]["all_failed"]:
+            rows += ["**Every judge call failed: the judged dimensions hold rule scores only.**", ""]
+        rows += [f"- {k}: {v}" for k, v in report["judge"].items()]
     if report.get("review"):
         rows += ["", "## Clinician review agreement", "", "| dimension | graded | agreement | kappa | mean abs diff |",
                  "|---|---|---|---|---|"]

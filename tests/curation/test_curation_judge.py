@@ -1,81 +1,11 @@
 """Model judge against a local OpenAI-compatible stub on 127.0.0.1 started by the test."""
 
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
-from megatron_infimed.curation.judge import JudgeConfig, ModelJudge, parse_score
+from megatron_infimed.curation.judge import ModelJudge, parse_score
 from curation_factories import llava, save, textured, write_jsonl
-
-
-class StubJudge(ThreadingHTTPServer):
-    """Scores 0.9 when the conversation mentions "lesion", else 0.1; can fail the first requests."""
-
-    daemon_threads = True
-
-    def __init__(self, fail_first=0, delay=0.0):
-        super().__init__(("127.0.0.1", 0), StubHandler)
-        self.fail_first, self.delay = fail_first, delay
-        self.requests, self.active, self.max_active = [], 0, 0
-        self.lock = threading.Lock()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class StubHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server.lock:
-            server.requests.append(body)
-            server.active += 1
-            server.max_active = max(server.max_active, server.active)
-            failing = len(server.requests) <= server.fail_first
-        time.sleep(server.delay)
-        with server.lock:
-            server.active -= 1
-        if self.path != "/v1/chat/completions" or failing:
-            self.send_response(503 if failing else 404)
-            self.end_headers()
-            return
-        score = 0.9 if "lesion" in body["messages"][1]["content"] else 0.1
-        reply = {"choices": [{"message": {"role": "assistant", "content": json.dumps({"score": score})}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def stub_server():
-    servers = []
-
-    def start(**kwargs):
-        server = StubJudge(**kwargs)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        threading.Timer(30, server.shutdown).start()  # bounded: stops itself even if a test hangs
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def config(server, **kwargs):
-    return JudgeConfig(base_url=server.url, model="stub-judge", retry_delay_s=0.01, timeout_s=5, **kwargs)
+from judge_stub import judge_config as config
 
 
 def test_judge_scores_each_requested_dimension(stub_server):
@@ -105,6 +35,11 @@ def test_exhausted_retries_give_no_score_and_count_a_failure(stub_server):
     assert judge.stats["failures"] == 1
 
 
+def test_negative_retries_are_refused(stub_server):
+    with pytest.raises(ValueError, match="retries must be >= 0, got -1"):
+        ModelJudge(config(stub_server(), retries=-1))
+
+
 def test_concurrency_is_bounded(stub_server):
     server = stub_server(delay=0.05)
     judge = ModelJudge(config(server, concurrency=2, dimensions=("text_quality",)))
@@ -128,14 +63,25 @@ def test_parse_score_accepts_json_or_a_bare_number_and_rejects_out_of_range():
         parse_score('{"score": 4}')
 
 
-def test_judge_lowers_scores_in_the_pipeline_and_is_reported(stub_server, tmp_path):
-    server = stub_server()
+def judged_run(tmp_path, server):
     save(textured(seed=1), tmp_path / "a.png")
     save(textured(seed=2), tmp_path / "b.png")
     rows = [llava("med", "a.png"), llava("plain", "b.png", question="Is the heart enlarged?", answer="no")]
-    report = prepare(PrepareConfig(format="llava", input=write_jsonl(tmp_path / "d.jsonl", rows), out=str(tmp_path / "o"),
-                                   progress=False, judge=config(server, dimensions=("text_quality",))))
+    return prepare(PrepareConfig(format="llava", input=write_jsonl(tmp_path / "d.jsonl", rows), out=str(tmp_path / "o"),
+                                 progress=False, judge=config(server, dimensions=("text_quality",))))
+
+
+def test_judge_lowers_scores_in_the_pipeline_and_is_reported(stub_server, tmp_path):
+    report = judged_run(tmp_path, stub_server())
     outcomes = {ln["id"]: ln for ln in read_outcomes(str(tmp_path / "o"))}
     assert outcomes["med"]["reasons"] == [] and outcomes["med"]["scores"]["text_quality"] == 0.9
     assert outcomes["plain"]["reasons"] == ["text_quality/judge_low"]
     assert report["judge"]["requests"] == 2 and report["dropped"] == {"text_quality/judge_low": 1}
+
+
+def test_a_judged_run_resumes_without_asking_again(stub_server, tmp_path):
+    server = stub_server()
+    first = judged_run(tmp_path, server)
+    again = judged_run(tmp_path, server)
+    assert (again["kept"], again["dropped"]) == (first["kept"], first["dropped"])
+    assert again["judge"]["requests"] == 0 and len(server.requests) == 2
