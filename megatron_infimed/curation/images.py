@@ -20,7 +20,6 @@ Lossless sources stay lossless; a JPEG is re-encoded only when it must be resize
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,13 +227,3 @@ def check_under_root(path: str, real_root: Path) -> None:
         raise ImageLoadError("load/image_outside_root", f"{path}: resolves to {real}, outside the image root "
                              f"{real_root}; expected a file under it (--allow-outside-image-root permits this)")
 
-
-def resolve_image_path(root: str, name: str) -> str:
-    """Join ``name`` to ``root``; a name without suffix tries .jpg, .png, .jpeg, .dcm (PathVQA style)."""
-    path = name if os.path.isabs(name) else os.path.join(root, name)
-    if os.path.splitext(path)[1] or os.path.exists(path):
-        return path
-    for suffix in (".jpg", ".png", ".jpeg", ".dcm"):
-        if os.path.exists(path + suffix):
-            return path + suffix
-    return path

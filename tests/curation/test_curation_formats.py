@@ -95,13 +95,26 @@ def test_slake_keeps_english_by_default(tmp_path):
     assert len(read_records("slake", str(path), language="all").items) == 2
 
 
-def test_pathvqa_resolves_images_named_without_suffix(tmp_path):
-    (tmp_path / "train_0001.jpg").write_bytes(b"x")
+def test_pathvqa_records_are_labelled_pathology_with_the_release_answer_type(tmp_path):
     path = tmp_path / "pathvqa.json"
-    path.write_text(json.dumps([{"image": "train_0001", "question": "Is this a carcinoma?", "answer": "yes"}]))
+    path.write_text(json.dumps([{"image": "train_0001.jpg", "question": "Is this a carcinoma?", "answer": "yes",
+                                 "answer_type": "closed"}]))
     (item,) = read_records("pathvqa", str(path)).items
-    assert item.image_paths == [str(tmp_path / "train_0001.jpg")]
-    assert item.id == "0"
+    assert item.metadata == {"answer_type": "CLOSED", "modality": "pathology"}
+    assert item.image_paths == [str(tmp_path / "train_0001.jpg")] and item.id == "0"
+
+
+def test_malformed_release_entries_are_parse_errors_in_file_order(tmp_path):
+    rows = vqa_rad_rows()
+    rows[1]["phrase_type"] = "test_other"
+    path = tmp_path / "VQA_RAD.json"
+    path.write_text(json.dumps(rows))
+    result = read_records("vqa_rad", str(path), split="train")
+    assert [(item.id, type(item).__name__) for item in result.items] == [("0", "Record"), ("1", "RecordError"),
+                                                                        ("3", "Record")]
+    error = result.items[1]
+    assert error.reason == "parse/bad_value" and "unknown phrase_type 'test_other'" in error.detail
+    assert error.location == "VQA_RAD.json record 1" and result.excluded == 1
 
 
 def test_vqa_record_without_question_is_a_missing_field_error(tmp_path):

@@ -57,11 +57,6 @@ def test_vqa_rad_train_split_and_images_folder(vqa_rad_file, tmp_path):
     assert question.skip_reason is None
 
 
-def test_vqa_rad_unknown_split_is_an_error(vqa_rad_file):
-    with pytest.raises(ValueError, match="split 'val'"):
-        load_benchmark("vqa_rad", vqa_rad_file, split="val")
-
-
 def test_vqa_rad_unknown_phrase_type_names_the_record(tmp_path):
     path = write_json(tmp_path / "vqa.json", [vqa_rad_record(7, "test_other", "yes")])
     with pytest.raises(BenchmarkFormatError, match=r"record 0 \(qid 7\): unknown phrase_type 'test_other'"):
@@ -76,10 +71,26 @@ def test_vqa_rad_missing_field_names_record_and_field(tmp_path):
         load_benchmark("vqa_rad", path)
 
 
+def test_several_malformed_records_fail_naming_the_first_and_counting_the_rest(tmp_path):
+    records = [vqa_rad_record(1, "test_para", "yes"), vqa_rad_record(2, "test_para", None),
+               vqa_rad_record(3, "test_para", None), vqa_rad_record(4, "test_para", None)]
+    path = write_json(tmp_path / "vqa.json", records)
+    with pytest.raises(BenchmarkFormatError, match=r"record 1 \(qid 2\): missing field 'answer'; 3 malformed entries in all"):
+        load_benchmark("vqa_rad", path)
+
+
+def test_text_that_is_not_utf8_fails_naming_the_record_and_field(tmp_path):
+    path = tmp_path / "vqa.json"
+    raw = json.dumps([vqa_rad_record(1, "test_para", "PLACEHOLDER")]).encode()
+    path.write_bytes(raw.replace(b"PLACEHOLDER", b"caf\xe9"))
+    with pytest.raises(BenchmarkFormatError, match=r"record 0 \(qid 1\): answer is not valid UTF-8 text"):
+        load_benchmark("vqa_rad", path, check_images=False)
+
+
 def test_invalid_json_file_names_the_line(tmp_path):
     path = tmp_path / "vqa.json"
     path.write_text('[\n{"qid": 1,\n')
-    with pytest.raises(BenchmarkFormatError, match=r"vqa.json: not valid JSON \(line 3"):
+    with pytest.raises(BenchmarkFormatError, match=r"vqa.json: not valid JSON at line 3"):
         load_benchmark("vqa_rad", path)
 
 
@@ -116,6 +127,13 @@ def test_slake_language_option_selects_other_languages(slake_file):
 def test_slake_unknown_answer_type_is_an_error(tmp_path):
     path = write_json(tmp_path / "test.json", [slake_record(9, "en", "x", "MAYBE")])
     with pytest.raises(BenchmarkFormatError, match=r"qid 9\): answer_type 'MAYBE'"):
+        load_benchmark("slake", path)
+
+
+def test_slake_question_without_answer_type_fails_since_it_decides_the_type(tmp_path):
+    path = write_json(tmp_path / "test.json", [slake_record(1, "en", "Yes", "CLOSED"),
+                                               slake_record(2, "en", "No", None)])
+    with pytest.raises(BenchmarkFormatError, match=r"record 1 \(qid 2\): missing field 'answer_type'"):
         load_benchmark("slake", path)
 
 
