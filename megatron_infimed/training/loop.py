@@ -47,32 +47,60 @@ class DataWaitInterrupted(Exception):
 
 class _StopRequest:
     """SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before the time limit) ask for save-and-exit at
-    the end of the step. A second SIGINT aborts at once. A signal that arrives while the loop waits
-    for data stops the wait (``DataWaitInterrupted``): a reader that never yields cannot keep
-    SLURM from stopping the job."""
+    the end of the step; a second SIGINT aborts at once. A step whose data has not come
+    ``grace_seconds`` after such a signal is given up (``DataWaitInterrupted``, via SIGALRM): a
+    reader that never yields cannot keep SLURM from stopping the job, while a merely slow one
+    still delivers its step, which is then saved."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
-    def __init__(self):
+    def __init__(self, grace_seconds: float = 10.0):
         self.signum: int | None = None
+        self.grace_seconds = grace_seconds
         self.waiting_for_data = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (*self.SIGNALS, signal.SIGALRM)}
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGALRM:
+            if self.waiting_for_data:
+                raise DataWaitInterrupted()
+            return
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt("second SIGINT: aborting without saving")
         self.signum = self.signum or signum
         if self.waiting_for_data:
-            raise DataWaitInterrupted()
+            self._arm()
+
+    def _arm(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, self.grace_seconds)
+
+    def wait_for_data(self):
+        """Context for the wait: a signal before or during it gives the data ``grace_seconds``."""
+        return _DataWait(self)
 
     def restore(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class _DataWait:
+    def __init__(self, stop: _StopRequest):
+        self.stop = stop
+
+    def __enter__(self):
+        self.stop.waiting_for_data = True
+        if self.stop.requested:  # the signal came during the last step's compute
+            self.stop._arm()
+
+    def __exit__(self, *exc):
+        self.stop.waiting_for_data = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _batch_sizes(config: TrainConfig) -> tuple[int, int, int]:
@@ -194,19 +222,18 @@ def _run(config: TrainConfig, stop: _StopRequest, resume: bool) -> dict:
 
 
 def _next_step(feed: StepFeed, stop: _StopRequest, iteration: int):
-    """The step's packs; a stop signal while they are awaited ends the run here (nothing is saved:
-    the loader has moved into a step that will not run, and other ranks may be inside collectives)."""
-    # A signal that came before the wait is honoured at the end of this step, by every rank
-    # together; stopping here alone could leave the other ranks inside the step's collectives.
-    stop.waiting_for_data = True
+    """The step's packs. Data that arrives within the grace period after a stop signal is trained
+    and saved at the end of the step, by every rank together. Data that does not ends the run here,
+    unsaved: the loader has moved into a step that will not run, and other ranks may be inside the
+    step's collectives."""
     try:
-        return feed.next_step()
+        with stop.wait_for_data():
+            return feed.next_step()
     except DataWaitInterrupted:
         name = signal.Signals(stop.signum).name
-        raise StoppedBySignal(stop.signum, f"stopped by {name} while waiting for the data of iteration "
-                                           f"{iteration + 1}; not saved, the last checkpoint stands") from None
-    finally:
-        stop.waiting_for_data = False
+        raise StoppedBySignal(stop.signum, f"stopped by {name}: the data of iteration {iteration + 1} did not "
+                                           f"come within {stop.grace_seconds:g} s; not saved, the last "
+                                           f"checkpoint stands") from None
 
 
 def _stop_reasons(stop: _StopRequest, timed_out: bool) -> tuple[int | None, bool]:

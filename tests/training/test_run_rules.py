@@ -107,15 +107,49 @@ class _EndlessFeed:
             time.sleep(0.01)
 
 
-def test_a_signal_ends_a_wait_for_data_with_the_signal_exit_code():
+class _SlowFeed:
+    def next_step(self):
+        time.sleep(0.6)
+        return ["packs"]
+
+
+def test_a_signal_ends_a_wait_for_data_that_outlasts_the_grace_period():
     from megatron_infimed.training.loop import StoppedBySignal, _next_step, _StopRequest
 
-    stop = _StopRequest()
+    stop = _StopRequest(grace_seconds=0.5)
     try:
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        with pytest.raises(StoppedBySignal, match="SIGTERM while waiting for the data of iteration 8") as caught:
+        started = time.monotonic()
+        with pytest.raises(StoppedBySignal, match="SIGTERM: the data of iteration 8 did not come within 0.5 s") \
+                as caught:
             _next_step(_EndlessFeed(), stop, iteration=7)
         assert caught.value.exit_code == 128 + signal.SIGTERM
+        assert time.monotonic() - started >= 0.7  # the signal at 0.3 s, then the 0.5 s grace
+    finally:
+        stop.restore()
+
+
+def test_data_that_comes_within_the_grace_period_is_trained():
+    from megatron_infimed.training.loop import _next_step, _StopRequest
+
+    stop = _StopRequest(grace_seconds=2.0)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        assert _next_step(_SlowFeed(), stop, iteration=7) == ["packs"]
+        assert stop.signum == signal.SIGTERM  # still asks for the save at the end of the step
+        time.sleep(2.5)  # the grace timer was disarmed with the wait: no late alarm
+    finally:
+        stop.restore()
+
+
+def test_a_signal_during_compute_gives_the_next_wait_its_grace_period():
+    from megatron_infimed.training.loop import StoppedBySignal, _next_step, _StopRequest
+
+    stop = _StopRequest(grace_seconds=0.3)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(StoppedBySignal, match="SIGUSR1"):
+            _next_step(_EndlessFeed(), stop, iteration=0)
     finally:
         stop.restore()
 
