@@ -10,5 +10,6 @@
 | pack_builder    | samples → ``Pack``: loss weights, FP8/CP padding, no-packing batch |
 | streaming       | shards → per-stream sample sequences, exactly once per epoch       |
 | blending        | per-worker blend of datasets + preprocessing                       |
+| dry_spell       | when a stream gives up; ``NoUsableSamples``                        |
 | loader          | ``DataConfig``, ``build_train_loader`` → ``TrainLoader``            |
 """

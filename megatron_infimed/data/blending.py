@@ -8,7 +8,11 @@ RNG state to carry). A dataset whose epochs run out (``num_epochs``) leaves the 
 Each good sample leaves the worker as a ``StreamItem`` carrying the worker's state *after* it and
 the bad inputs met since the previous item. The main process keeps the state of the last item it
 consumed, so a resume starts each worker exactly after that item, and prefetched items that were
-never consumed are simply produced again.
+never consumed are simply produced again. While no good sample comes, the bad inputs leave in
+sample-less reports of at most ``REPORT_EVERY``, so they are counted and logged meanwhile.
+
+A worker that reads a whole epoch of every dataset it blends without one usable sample stops
+(see ``dry_spell``): its last item is ``ended`` with ``barren`` saying why.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ from typing import Iterator, Sequence
 
 import torch
 
+from megatron_infimed.data.dry_spell import DrySpell
 from megatron_infimed.data.preprocess import BadSample, Sample, SamplePreprocessor, fit_to_length
-from megatron_infimed.data.streaming import DatasetIndex, DatasetStream, ErrorRecord
+from megatron_infimed.data.streaming import DatasetIndex, DatasetStream, ErrorRecord, RawEntry
+
+REPORT_EVERY = 64  # bad inputs a worker holds at most before handing them on without a sample
 
 
 @dataclass
 class StreamItem:
     worker: int
-    sample: Sample | None  # None marks the end of this worker's stream
+    sample: Sample | None  # None: a report of bad input only, or the end of the stream if ``ended``
     state: dict
     errors: list[ErrorRecord] = field(default_factory=list)  # bad input, skipped
     drops: list[ErrorRecord] = field(default_factory=list)  # decoded but overlong and dropped
+    ended: bool = False
+    barren: str | None = None  # why the stream stopped early: a whole epoch gave no usable sample
 
 
 def pick_dataset(weights: Sequence[float], counts: Sequence[int], active: Sequence[bool]) -> int:
@@ -79,6 +88,7 @@ class StreamSpec:
         iterators = [iter(s) for s in streams]
         total = sum(self.weights)
         weights = [w / total for w in self.weights]
+        spell = DrySpell(streams, weights)
 
         def state() -> dict:
             return {"datasets": [s.state() for s in streams], "counts": list(counts), "done": list(done)}
@@ -92,22 +102,39 @@ class StreamSpec:
                 done[d] = True
                 continue
             counts[d] += 1
-            if entry.error is not None:
-                errors.append(entry.error)
+            sample, problem, dropped = self._prepare(entry)
+            if sample is not None:
+                yield StreamItem(worker, sample, state(), errors, drops)
+                errors, drops = [], []
+                spell.reset()
                 continue
-            try:
-                sample = self.preprocessor(entry.members, entry.key)
-            except BadSample as exc:
-                errors.append(ErrorRecord(exc.reason, entry.shard, entry.key, str(exc)))
-                continue
-            fitted, reason = self.fit(sample)
-            if fitted is None:
-                drops.append(ErrorRecord(reason, entry.shard, entry.key,
-                                         f"sample {sample.sample_id}: {sample.length} tokens > {self.max_length}"))
-                continue
-            yield StreamItem(worker, fitted, state(), errors, drops)
-            errors, drops = [], []
-        yield StreamItem(worker, None, state(), errors, drops)
+            (drops if dropped else errors).append(problem)
+            spell.add(problem, dropped)
+            if spell.spans_an_epoch():
+                break
+            if len(errors) + len(drops) >= REPORT_EVERY:
+                yield StreamItem(worker, None, state(), errors, drops)
+                errors, drops = [], []
+        barren = None
+        if spell.spans_an_epoch():
+            barren = spell.describe(f"stream {stream_id} of {self.num_streams} (dp rank {self.dp_rank}, worker "
+                                    f"{worker})", self.max_length)
+            done[:] = [True] * len(done)  # a resumed worker must not read the barren stream again
+        yield StreamItem(worker, None, state(), errors, drops, ended=True, barren=barren)
+
+    def _prepare(self, entry: RawEntry) -> tuple[Sample | None, ErrorRecord | None, bool]:
+        """``(sample, None, False)``, or ``(None, record, dropped)``: bad input, or too long to fit."""
+        if entry.error is not None:
+            return None, entry.error, False
+        try:
+            sample = self.preprocessor(entry.members, entry.key)
+        except BadSample as exc:
+            return None, ErrorRecord(exc.reason, entry.shard, entry.key, str(exc)), False
+        fitted, reason = self.fit(sample)
+        if fitted is None:
+            return None, ErrorRecord(reason, entry.shard, entry.key,
+                                     f"sample {sample.sample_id}: {sample.length} tokens > {self.max_length}"), True
+        return fitted, None, False
 
     def fit(self, sample: Sample) -> tuple[Sample | None, str | None]:
         p = self.preprocessor

@@ -10,10 +10,17 @@ in this process when ``worker_processes=False``; both give the same packs. The m
 samples from the workers in a fixed round robin (whatever order they arrive in), so the packer
 input, and hence every pack, depends only on the seed and the data, never on timing.
 
+A worker whose stream reads a whole epoch without one usable sample (every sample too long, every
+shard missing, every member bad) stops, and a warning says why; the others go on, so a readable
+shard keeps training. Once no worker of the rank is left producing, ``next`` raises
+``NoUsableSamples`` with each stream's counts.
+
 State = each worker's stream state after the last sample taken from it, the round-robin cursor,
-the packer's held samples (as raw shard bytes, re-decoded on restore) and the counters. It is
-tied to ``dp_size`` and ``num_workers`` (they define the split); loading it elsewhere raises
-unless ``reset=True``, which restarts every stream at the start of the furthest saved epoch.
+which workers stopped and why, the packer's held samples (as raw shard bytes, re-decoded on
+restore) and the counters. It is tied to ``dp_size`` and ``num_workers`` (they define the split);
+loading it elsewhere raises unless ``reset=True``, which restarts every stream at the start of
+the furthest saved epoch. A stopped worker stays stopped on resume, so the packs continue exactly;
+``reset=True`` reads its stream again (after the data is repaired).
 
 Tensor-parallel ranks share one reader and only the first and last pipeline stages need data:
 the trainer builds this per data-parallel rank and broadcasts.
@@ -22,6 +29,7 @@ the trainer builds this per data-parallel rank and broadcasts.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ import torch
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.data.blending import StreamItem, StreamSpec, WorkerStreams
+from megatron_infimed.data.dry_spell import NoUsableSamples
 from megatron_infimed.data.images import ImagePreprocessor
 from megatron_infimed.data.pack import Pack
 from megatron_infimed.data.pack_builder import PackLayout, build_padded_batch, build_pack
@@ -42,6 +51,7 @@ from megatron_infimed.model.token_reduction import tokens_per_image
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+DRY_WARNING_S = 60.0  # waiting this long for a usable sample is logged, with what was skipped meanwhile
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,6 +75,9 @@ class DataConfig:
     shard_retry_delay: float = 0.5
 
     def __post_init__(self) -> None:
+        if isinstance(self.paths, (str, bytes)) or not all(isinstance(p, (str, os.PathLike)) for p in self.paths):
+            raise ValueError(f"data.paths must be a list of prepared dataset folders (paths: [/data/a, /data/b]), "
+                             f"got {self.paths!r}")
         if not self.paths:
             raise ValueError("DataConfig.paths is empty; give at least one prepared dataset folder")
         if self.weights is not None and (len(self.weights) != len(self.paths) or min(self.weights) < 0
@@ -106,6 +119,7 @@ class TrainLoader:
         self._starts: list[dict | None] = [None] * workers
         self._states: list[dict | None] = [None] * workers
         self._ended = [False] * workers
+        self._barren: list[str | None] = [None] * workers  # why a worker stopped early
         self._cursor = 0
         self._ready: deque[list[Sample]] = deque()
         self._finished = False
@@ -113,6 +127,7 @@ class TrainLoader:
         self._generators: list[Iterator[StreamItem]] = []
         self._inbox: list[deque[StreamItem]] = [deque() for _ in range(workers)]
         self.errors, self.dropped = ErrorLog(), Counter()
+        self._skipped: Counter[str] = Counter()  # reasons skipped since the last sample, for DRY_WARNING_S
         self.counters: Counter[str] = Counter()
 
     # -- sample intake ------------------------------------------------------------------------
@@ -137,6 +152,7 @@ class TrainLoader:
         """The next sample in worker round-robin order; None once every worker has ended."""
         if self._source is None and not self._generators:
             self._start()
+        waiting_since = last_warning = time.monotonic()
         while not all(self._ended):
             worker = self._cursor
             item = self._take(worker)
@@ -145,13 +161,26 @@ class TrainLoader:
                 self.errors.add(record)
             for record in item.drops:
                 self.dropped[record.reason] += 1
-            if item.sample is None:
-                self._ended[worker] = True
-            self._cursor = self._following(worker)
             if item.sample is not None:
+                self._cursor = self._following(worker)
+                self._skipped.clear()
                 self.counters["samples"] += 1
                 self.counters["truncated"] += int(item.sample.truncated)
                 return item.sample
+            self._skipped.update(record.reason for record in item.errors + item.drops)
+            if time.monotonic() - last_warning >= DRY_WARNING_S:
+                last_warning = time.monotonic()
+                log.warning("no usable sample for %.0f s; skipped since the last one: %s", last_warning - waiting_since,
+                            ", ".join(f"{reason} {n}" for reason, n in self._skipped.most_common()))
+            if not item.ended:
+                continue  # bad input only: still this worker's turn, so the sample order is unchanged
+            self._ended[worker], self._barren[worker] = True, item.barren
+            self._cursor = self._following(worker)
+            if item.barren:
+                log.warning("%s; the stream stops", item.barren)
+        if all(self._barren):
+            raise NoUsableSamples(f"dp rank {self.spec.dp_rank}: no stream can produce a sample: "
+                                  + " | ".join(self._barren))
         return None
 
     def _following(self, worker: int) -> int:
@@ -231,7 +260,8 @@ class TrainLoader:
         return {
             "version": STATE_VERSION, "dp_rank": self.spec.dp_rank, **self._identity(),
             "worker_states": [st if st is not None else start for st, start in zip(self._states, self._starts)],
-            "ended": list(self._ended), "cursor": self._cursor, "finished": self._finished,
+            "ended": list(self._ended), "barren": list(self._barren), "cursor": self._cursor,
+            "finished": self._finished,
             "packer": self.packer.state_dict(encode),
             "ready": [[encode(s) for s in pack] for pack in self._ready],
             "counters": dict(self.counters), "errors": dict(self.errors.counts), "dropped": dict(self.dropped),
@@ -247,7 +277,8 @@ class TrainLoader:
                 diff = {k: (saved[k], mine[k]) for k in mine if saved[k] != mine[k]}
                 raise ValueError(f"loader state does not match this loader (saved vs now: {diff}, dp_rank "
                                  f"{state.get('dp_rank')} vs {self.spec.dp_rank}); the data split would change. "
-                                 f"Pass reset=True to restart the streams from the furthest saved epoch")
+                                 f"Keep the data settings to resume, or restart the streams from the furthest saved epoch "
+                                 f"(--reset-data-state in infimed-train; reset=True here)")
             epoch = max((e for ws in state["worker_states"] if ws for e, _ in ws["datasets"]), default=0)
             n = len(self.spec.indexes)
             self._starts = [{"datasets": [(epoch, 0)] * n, "counts": [0] * n, "done": [False] * n}
@@ -256,6 +287,7 @@ class TrainLoader:
         else:
             self._starts = list(state["worker_states"])
             self._ended, self._cursor = list(state["ended"]), state["cursor"]
+            self._barren = list(state.get("barren") or self._barren)  # absent from states saved before it
             self._finished = state["finished"]
             self.packer.load_state_dict(state["packer"], self._decode)
             self._ready = deque([self._decode(s) for s in pack] for pack in state["ready"])

@@ -77,7 +77,11 @@ class DatasetIndex:
         if not manifest.is_file():
             raise FileNotFoundError(f"dataset {root} has no manifest.json (expected the output folder of "
                                     f"infimed-prepare)")
-        data = json.loads(manifest.read_text())
+        try:
+            data = json.loads(manifest.read_text())
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+            raise ValueError(f"{manifest} is not valid JSON ({exc}); expected the manifest written by "
+                             f"infimed-prepare") from None
         try:
             shards = tuple(ShardSpec(str(Path(root) / s["path"]), int(s["samples"])) for s in data["shards"])
         except (KeyError, TypeError) as exc:
@@ -147,9 +151,6 @@ class DatasetStream:
         self.num_epochs, self.retries, self.retry_delay = num_epochs, retries, retry_delay
         self.epoch, self.position = 0, 0
         self.lo, self.hi = stream_range(index.total, stream, num_streams)
-        if self.hi == self.lo and num_epochs is None:
-            raise ValueError(f"dataset {index.root} has {index.total} samples, fewer than the {num_streams} "
-                             f"streams (dp ranks x workers); stream {stream} would get none")
 
     @property
     def length(self) -> int:
@@ -192,8 +193,9 @@ class DatasetStream:
                 yield base + i, entries[int(order[i])]
 
     def __iter__(self) -> Iterator[RawEntry]:
-        """Entries from the current (epoch, position); the state is advanced before each yield."""
-        while self.num_epochs is None or self.epoch < self.num_epochs:
+        """Entries from the current (epoch, position); the state is advanced before each yield.
+        A stream that owns no sample (more streams than samples) ends at once, endless or not."""
+        while self.length and (self.num_epochs is None or self.epoch < self.num_epochs):
             for i, entry in self._epoch(self.epoch, self.position):
                 self.position = i + 1
                 yield entry

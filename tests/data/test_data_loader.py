@@ -136,6 +136,11 @@ def test_no_packing_pads_each_micro_batch_to_its_longest_sample(datasets, sp_tok
     assert loader.stats()["data/fill_ratio"] < 1.0
 
 
+def test_paths_given_as_one_string_are_refused():
+    with pytest.raises(ValueError, match=r"data.paths must be a list of prepared dataset folders.*got '/data/med'"):
+        DataConfig(paths="/data/med")
+
+
 def test_model_config_must_share_the_tokenizer_image_token(datasets, sp_tokenizer):
     from megatron_infimed.config.presets import get_preset
     with pytest.raises(ValueError, match="align_model_config"):

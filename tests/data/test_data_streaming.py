@@ -1,5 +1,6 @@
 """Shard streaming: exactly-once splits over ranks × workers, window shuffle, resume, bad shards, blending."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -95,10 +96,16 @@ def test_missing_manifest_names_the_folder(tmp_path):
         DatasetIndex.from_dir(tmp_path)
 
 
-def test_more_streams_than_samples_is_refused_for_endless_streams(tmp_path):
-    index = text_dataset(tmp_path, [2])
-    with pytest.raises(ValueError, match="fewer than the 4 streams"):
-        DatasetStream(index, 0, 0, 4, seed=0, shuffle_buffer=0)
+def test_manifest_that_is_not_json_names_its_path(tmp_path):
+    text_dataset(tmp_path, [2])
+    (tmp_path / "manifest.json").write_text('{"shards": [')
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'manifest.json'} is not valid JSON")):
+        DatasetIndex.from_dir(tmp_path)
+
+
+def test_an_endless_stream_that_owns_no_sample_ends_at_once(tmp_path):
+    index = text_dataset(tmp_path, [2])  # of 4 streams, 1 and 3 own a sample each
+    assert [keys_of(DatasetStream(index, 0, s, 4, seed=0, shuffle_buffer=0)) for s in (0, 2)] == [[], []]
 
 
 def test_pick_dataset_follows_weights_deterministically():
