@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.data.streaming import DatasetIndex, read_shard
-from megatron_infimed.data.tokenizer import IMAGE_PLACEHOLDER, load_tokenizer, train_sentencepiece
+from megatron_infimed.data.tokenizer import load_tokenizer, train_sentencepiece
 
 
 def dataset_texts(root: str) -> Iterator[str]:

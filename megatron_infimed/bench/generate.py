@@ -20,8 +20,8 @@ from megatron_infimed.model.token_reduction import tokens_per_image
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
-    # infimed-evaluate decodes 8 questions at a time; 4 keeps the recompute side to ~1 minute on 2 cores.
-    # At 1 a cached CPU step is bound by per-op overhead (~500 small ops per token), not arithmetic.
+    # infimed-evaluate decodes 8 questions at a time; at 1 a cached CPU step is bound by per-op overhead,
+    # not arithmetic (docs/benchmarks.md, generate, says why the default is 4).
     parser.add_argument("--batch-size", type=int, default=4, help="prompts decoded together")
     parser.add_argument("--prompt-text-tokens", type=int, default=32, help="text tokens after the image")
     # Large enough that recomputing ~300 tokens costs more than one step's fixed overhead.

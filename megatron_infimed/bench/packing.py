@@ -5,7 +5,7 @@ and vs greedy knapsack packing that flushes each buffer whole, on the shipped le
 |-----------------------|---------------------------------------------------------------|------------------------------|
 | pad to longest        | ``micro_batch_size`` samples in arrival order, padded         | LLaVA, plain HF Trainer      |
 | greedy knapsack       | fill a buffer, first-fit-decreasing into fresh packs, emit     | LLaMA-Factory, Megatron-LM's |
-|                       | every pack, repeat (``data.packing.greedy_flush_packs``)       | multimodal example           |
+|                       | every pack, repeat (``greedy_flush_packs`` below)              | multimodal example           |
 | ours (online BFD)     | packs stay open across refills (``data.packing.OnlinePacker``) | this codebase                |
 
 fill ratio = real tokens / slots paid for (``seq_length`` per pack; ``B × longest`` per padded
@@ -19,7 +19,7 @@ import argparse
 from megatron_infimed.bench.length_mix import draw_lengths
 from megatron_infimed.bench.report import BenchResult
 from megatron_infimed.bench.timing import alternate, median
-from megatron_infimed.data.packing import DEFAULT_ALGORITHM, OnlinePacker, greedy_flush_packs
+from megatron_infimed.data.packing import DEFAULT_ALGORITHM, OnlinePacker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-per-image", type=int, default=144)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def greedy_flush_packs(lengths: list[int], capacity: int, buffer_size: int) -> list[list[int]]:
+    """Baseline: fill a buffer, first-fit-decreasing it into fresh packs, emit them all, repeat."""
+    packs: list[list[int]] = []
+    for start in range(0, len(lengths), buffer_size):
+        bins: list[list[int]] = []
+        used: list[int] = []
+        for length in sorted(lengths[start:start + buffer_size], reverse=True):
+            for k, u in enumerate(used):
+                if u + length <= capacity:
+                    bins[k].append(length)
+                    used[k] += length
+                    break
+            else:
+                bins.append([length])
+                used.append(length)
+        packs.extend(bins)
+    return packs
 
 
 def packed_fill(packs: list[list[int]], capacity: int) -> float:

@@ -29,11 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_infimed.data.packing import long_tailed_lengths
-
 WEIGHTS = {"vqa_rad_single_turn": 0.4, "vqa_rad_multi_turn": 0.2, "long_tail_instruction": 0.4}
 LONG_TAIL_SAMPLES = 4000
 LONG_TAIL_CAP = 8192  # text tokens kept at most; benchmarks clip to their sequence length
+
+
+def long_tailed_lengths(n: int, seq_length: int, tokens_per_image: int = 144, seed: int = 0) -> list[int]:
+    """The parametric long tail: log-normal text (median ~200 tokens, sigma 1.2, i.e. a long tail of
+    conversations up to the sequence length), 80% of samples with 1-3 images."""
+    rng = np.random.default_rng(seed)
+    text = np.exp(rng.normal(np.log(200), 1.2, n)).astype(np.int64) + 24
+    images = (rng.random(n) < 0.8) * rng.integers(1, 4, n) * tokens_per_image
+    return [int(x) for x in np.minimum(text + images, seq_length)]
 
 
 def _turns(pairs: list[tuple[str, str]]) -> str:
@@ -79,7 +86,7 @@ def record(vqa_rad_json: Path) -> dict:
              "source": "VQA-RAD public release: all questions of one image as one multi-turn conversation",
              "samples": multi},
             {"name": "long_tail_instruction", "weight": WEIGHTS["long_tail_instruction"],
-             "source": "parametric, NOT measured: megatron_infimed.data.packing.long_tailed_lengths text "
+             "source": "parametric, NOT measured: megatron_infimed.bench.record_length_mix.long_tailed_lengths text "
                        "(log-normal, median ~200 tokens, sigma 1.2, seed 0) and 1-3 images for 80% of samples",
              "samples": long_tail},
         ],

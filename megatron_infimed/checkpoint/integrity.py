@@ -3,8 +3,8 @@
 ``checksums.sha256`` lists every file of an iteration folder in ``sha256sum`` format
 (``<hex>  <relative path>``), so ``sha256sum -c checksums.sha256`` checks it by hand too. It is
 written once every rank's files are complete and before the tracker names the folder; a folder
-without one (saved before manifests existed) loads with a warning. Hashing reads every byte once:
-about 1-2 GB/s per thread, so ``--no-verify-checkpoint`` skips it for huge checkpoints.
+without one (saved before manifests existed) loads with a warning. Hashing reads every byte once,
+so ``--no-verify-checkpoint`` skips it for huge checkpoints.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``infimed-prepare``: parse flags, call ``curation.prepare``. See docs/curation.md."""
+"""``infimed-prepare``: parse flags, call ``curation.prepare``. See docs/curation.md.
+
+``--format synthetic`` is not a curation format: the demo's generator writes LLaVA records first
+(``demo/synthetic/prepare_input.py``), and curation reads them as ``llava``."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import sys
 
 from megatron_infimed.curation.formats import READERS, InputError
 from megatron_infimed.curation.judge import JudgeConfig
-from megatron_infimed.curation.pipeline import PrepareConfig, SyntheticSpec, prepare
-from megatron_infimed.curation.synthetic import DISTRIBUTIONS
+from megatron_infimed.curation.pipeline import PrepareConfig, prepare
+from megatron_infimed.demo.synthetic import DISTRIBUTIONS
+from megatron_infimed.demo.synthetic.prepare_input import SyntheticSpec, generate_llava_input
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +72,6 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
                             concurrency=args.judge_concurrency, retries=args.judge_retries,
                             send_images=args.judge_send_images, api_key_env=args.judge_api_key_env,
                             cache_path=args.judge_cache or os.path.join(args.out, "progress", "judge_cache.jsonl"))
-    synthetic = SyntheticSpec(n=args.synthetic_n, distribution=args.distribution, defect_rate=args.defect_rate,
-                              image_size=args.synthetic_image_size, split=args.synthetic_split)
     return PrepareConfig(
         format=args.format, input=args.input, out=args.out, image_root=args.image_root,
         allow_outside_image_root=args.allow_outside_image_root, source=args.source,
@@ -77,14 +79,22 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         workers=args.workers, seed=args.seed, shuffle=args.shuffle, domain=args.domain,
         quality_config=args.quality_config, judge=judge, review_grades=args.review_grades,
         review_export=args.review_export, review_samples=args.review_samples, overwrite=args.overwrite,
-        progress=not args.no_progress, synthetic=synthetic if args.format == "synthetic" else None)
+        progress=not args.no_progress)
+
+
+def synthetic_spec_from_args(args: argparse.Namespace) -> SyntheticSpec:
+    return SyntheticSpec(n=args.synthetic_n, distribution=args.distribution, defect_rate=args.defect_rate,
+                         image_size=args.synthetic_image_size, split=args.synthetic_split)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        report = prepare(config_from_args(args))
+        config = config_from_args(args)
+        if args.format == "synthetic":
+            config = generate_llava_input(config, synthetic_spec_from_args(args))
+        report = prepare(config)
     except (InputError, ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"infimed-prepare: error: {exc}\n")
     dropped = sum(report["dropped"].values())

@@ -38,8 +38,9 @@ from megatron_infimed.convert.dist_reader import DistCheckpointReader
 from megatron_infimed.convert.finite import check_finite
 from megatron_infimed.convert.hf_config import infimed_config, qwen3_config
 from megatron_infimed.convert.safetensors_writer import SafetensorsWriter
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.data.images import RESIZE_MODES
-from megatron_infimed.data.tokenizer import IMAGE_PAD, IMAGE_PLACEHOLDER
+from megatron_infimed.data.tokenizer import IMAGE_PAD
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 HF_FILES = Path(__file__).parent / "hf_files"

@@ -6,8 +6,8 @@ every tensor, read through safetensors' memory map ``CHUNK_BYTES`` at a time. Th
 values that only became inf when converted to a narrower ``--dtype`` (1e6 in float16).
 
 Cost: one more pass over every exported byte, normally from the page cache the write has just
-filled: about 0.7 GB/s on one core for bfloat16 (measured; ~5 s for a 1.7B model's 3.4 GB), and
-one chunk plus its bool mask in memory. A shard evicted from the cache is read back from disk.
+filled, and one chunk plus its bool mask in memory; ``infimed-bench convert`` measures the export
+with it (docs/benchmarks.md). A shard evicted from the cache is read back from disk.
 """
 
 from __future__ import annotations

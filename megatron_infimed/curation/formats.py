@@ -30,7 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from megatron_infimed.curation.record import IMAGE_PLACEHOLDER, Record, RecordError, structural_error
+from megatron_infimed.curation.record import Record, RecordError, structural_error
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.datasets import RELEASES, Malformed, ReleaseFileError, ReleaseRow
 from megatron_infimed.datasets.files import decode_text, image_folder, load_json_list, resolve_image
 from megatron_infimed.datasets.pathvqa import PathVqaRow
@@ -186,7 +187,7 @@ READERS: dict[str, Callable[..., ReadResult]] = {
 def check_input(fmt: str, path: str | None) -> None:
     """Fail fast, before any work, on an unknown format or a missing input file."""
     if fmt not in READERS:
-        raise InputError(f"unknown --format {fmt!r}; expected one of {sorted(READERS)} or 'synthetic'")
+        raise InputError(f"unknown --format {fmt!r}; expected one of {sorted(READERS)}")
     if not path or not os.path.isfile(path):
         raise InputError(f"--input {path!r} is not a file (format {fmt!r} needs its JSON/JSONL file)")
 

@@ -40,17 +40,8 @@ JUDGE_BATCH = 64
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SyntheticSpec:
-    n: int = 1000
-    distribution: str = "medical"  # "general" | "medical" | "shifted"
-    defect_rate: float = 0.0
-    image_size: int = 128
-    split: str = "train"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class PrepareConfig:
-    format: str  # a key of formats.READERS, or "synthetic"
+    format: str  # a key of formats.READERS
     out: str
     input: str | None = None
     image_root: str | None = None
@@ -71,7 +62,6 @@ class PrepareConfig:
     review_samples: int = 200
     overwrite: bool = False
     progress: bool = True
-    synthetic: SyntheticSpec | None = None  # used when format == "synthetic"
 
 
 def make_key(position: int, sample_id: str) -> str:
@@ -182,23 +172,9 @@ def _fingerprint(config: PrepareConfig, quality: QualityConfig) -> dict:
     return json.loads(json.dumps(data))  # as run.json reads back (tuples become lists), or no judged run resumes
 
 
-def _resolve_synthetic(config: PrepareConfig) -> PrepareConfig:
-    from dataclasses import replace
-
-    from megatron_infimed.curation.synthetic import generate_synthetic
-
-    spec = config.synthetic or SyntheticSpec()
-    data = generate_synthetic(os.path.join(config.out, "source"), spec.n, spec.distribution, config.seed,
-                              image_size=spec.image_size, defect_rate=spec.defect_rate, split=spec.split)
-    domain = "general" if spec.distribution == "general" else config.domain
-    return replace(config, format="llava", input=data.json_path, image_root=data.image_root,
-                   source=config.source or f"synthetic-{spec.distribution}", domain=domain)
-
-
 def prepare(config: PrepareConfig) -> dict:
     """Run the curation stage; returns the quality report (also written to OUT/quality_report.json)."""
-    if config.format != "synthetic":
-        check_input(config.format, config.input)  # fail before any work
+    check_input(config.format, config.input)  # fail before any work
     if config.shard_size < 1 or config.workers < 1:
         raise ValueError(f"--shard-size and --workers must be >= 1, got {config.shard_size} and {config.workers}")
     if config.domain not in ("medical", "general"):
@@ -206,8 +182,6 @@ def prepare(config: PrepareConfig) -> dict:
     human = import_review_grades(config.review_grades) if config.review_grades else {}
     quality = QualityConfig.load(config.quality_config)
     os.makedirs(config.out, exist_ok=True)
-    if config.format == "synthetic":
-        config = _resolve_synthetic(config)
     if config.domain == "general":
         quality = quality.with_thresholds(medical_relevance=None)
     read = read_records(config.format, config.input, image_root=config.image_root, source=config.source,

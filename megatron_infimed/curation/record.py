@@ -14,8 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-ROLES = ("system", "human", "gpt")
-IMAGE_PLACEHOLDER = "<image>"
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER, SPEAKERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +43,14 @@ def structural_error(conversations: object) -> tuple[str, str] | None:
     if not isinstance(conversations, list) or not conversations:
         return "parse/empty_conversation", "expected a non-empty list of turns"
     for i, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
-            return "parse/bad_turn", f"turn {i} must be {{'from': one of {ROLES}, 'value': str}}, got {turn!r:.80}"
+        if not isinstance(turn, dict) or turn.get("from") not in SPEAKERS or not isinstance(turn.get("value"), str):
+            return "parse/bad_turn", f"turn {i} must be {{'from': one of {SPEAKERS}, 'value': str}}, got {turn!r:.80}"
     if not any(t["from"] == "gpt" for t in conversations):
         return "parse/no_assistant_turn", "expected at least one turn with 'from': 'gpt'"
     return None
 
 
-def conversation_text(conversations: list[dict], *, roles: tuple[str, ...] = ROLES) -> str:
+def conversation_text(conversations: list[dict], *, roles: tuple[str, ...] = SPEAKERS) -> str:
     """All turn values of the given roles joined by newlines, placeholders removed."""
     return "\n".join(t["value"].replace(IMAGE_PLACEHOLDER, "").strip() for t in conversations if t["from"] in roles)
 

@@ -27,10 +27,12 @@ from typing import Mapping, Sequence
 
 import torch
 
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER, SPEAKER_ROLES
 from megatron_infimed.data.pack import IGNORE_INDEX
-from megatron_infimed.data.tokenizer import IM_END, IM_START, IMAGE_PLACEHOLDER, Tokenizer
+from megatron_infimed.data.tokenizer import IM_END, IM_START, Tokenizer
 
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# LLaVA speakers and the role names themselves (Hugging Face messages) → the role rendered.
+ROLES = {**SPEAKER_ROLES, **{role: role for role in SPEAKER_ROLES.values()}}
 
 # The same template for Hugging Face's tokenizer_config.json ("chat_template"); messages use the
 # HF roles (user/assistant/system), content is a string with <image> placeholders left in place.

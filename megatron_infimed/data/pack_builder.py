@@ -1,9 +1,9 @@
 """Samples → one ``Pack``: loss weights, alignment padding, positions, normalised images.
 
-Loss weighting. The training step computes ``loss = sum(loss_weights * ce) / normaliser`` where the
-normaliser is ONE rule for every mode: the sum of ``loss_weights`` over the whole step (all
-micro-batches, all data-parallel ranks; all-reduce the pair). With ``n_i`` the trainable tokens of
-sample ``i``:
+Loss weighting. The training step (``training/step.py:LossAccumulator``) computes
+``loss = sum(loss_weights * ce) / normaliser`` where the normaliser is ONE rule for every mode: the
+sum of ``loss_weights`` over the whole step (all micro-batches, all data-parallel ranks). This
+module only sets the weights. With ``n_i`` the trainable tokens of sample ``i``:
 
 | mode     | weight of each trainable token | normaliser = Σ weights      | loss is                      |
 |----------|--------------------------------|-----------------------------|------------------------------|
@@ -84,18 +84,6 @@ def token_weight(num_trainable: int, mode: str) -> float:
     if mode == "square":
         return 1.0 / math.sqrt(num_trainable)
     raise ValueError(f"unknown loss weighting {mode!r}; expected one of {LOSS_WEIGHTINGS}")
-
-
-def sample_loss_weights(labels: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-token weights of one sample, 0 where ``labels == IGNORE_INDEX``."""
-    trainable = labels != IGNORE_INDEX
-    return trainable.to(torch.float32) * token_weight(int(trainable.sum()), mode)
-
-
-def weighted_loss_terms(per_token_ce: torch.Tensor, pack: Pack) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Σ w·ce, Σ w)`` of one micro-batch; sum both over the step, then divide (see table)."""
-    w = pack.loss_weights.to(per_token_ce.dtype)
-    return (w * per_token_ce).sum(), w.sum()
 
 
 def _assemble(samples: list[Sample], layout: PackLayout, segment_length: int | None) -> Pack:

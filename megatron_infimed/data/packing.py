@@ -1,13 +1,15 @@
 """Online multimodal sequence packing from a bounded buffer.
 
-| scheme                               | fill at 4096 / 8192 | cost per sample |
-|--------------------------------------|---------------------|-----------------|
-| greedy knapsack, flush buffer whole  | 0.9956 / 0.9931     | 3-5 µs          |
-| open packs kept across refills, BFD  | 0.9991 / 0.9992     | 2-3 µs          |
-| open packs kept across refills, FFD  | 0.9991 / 0.9992     | 7-13 µs         |
+| scheme                                                         | packs leave                            |
+|----------------------------------------------------------------|----------------------------------------|
+| greedy knapsack, flush buffer whole (``bench/packing.py``)     | all at every refill, the last ones     |
+|                                                                | partly empty                           |
+| open packs kept across refills (ours)                          | fullest first; the rest wait for later |
+|                                                                | short samples (more state to save)     |
 
-(buffer 1024, ``long_tailed_lengths`` mix; ``tests/data/test_data_packing_benchmark.py`` measures. Cost is
-the planning only; assembling the pack tensors is ``pack_builder``'s, once per pack.)
+``infimed-bench packing`` measures both (and padding to the longest sample) on the shipped length
+mix; the figures are in docs/benchmarks.md. Cost there is the planning only; assembling the pack
+tensors is ``pack_builder``'s, once per pack.
 
 The packer holds at most ``buffer_size`` samples in all, pending ones and those already placed
 in open packs. When it is full, one *round* runs: the pending samples, longest first, go into
@@ -28,8 +30,6 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
-
-import numpy as np
 
 ALGORITHMS = ("bfd", "ffd")
 DEFAULT_ALGORITHM = "bfd"
@@ -156,31 +156,3 @@ class OnlinePacker(Generic[T]):
         self._room = sorted((self.capacity - p.used, p.pack_id) for p in self._open.values())
         self._held = len(self._pending) + sum(len(p.items) for p in self._open.values())
         self._round, self._next_id, self._arrivals = state["round"], state["next_id"], state["arrivals"]
-
-
-def greedy_flush_packs(lengths: list[int], capacity: int, buffer_size: int) -> list[list[int]]:
-    """Baseline: fill a buffer, first-fit-decreasing it into fresh packs, emit them all, repeat."""
-    packs: list[list[int]] = []
-    for start in range(0, len(lengths), buffer_size):
-        bins: list[list[int]] = []
-        used: list[int] = []
-        for length in sorted(lengths[start:start + buffer_size], reverse=True):
-            for k, u in enumerate(used):
-                if u + length <= capacity:
-                    bins[k].append(length)
-                    used[k] += length
-                    break
-            else:
-                bins.append([length])
-                used.append(length)
-        packs.extend(bins)
-    return packs
-
-
-def long_tailed_lengths(n: int, seq_length: int, tokens_per_image: int = 144, seed: int = 0) -> list[int]:
-    """The benchmark mix: log-normal text (median ~200 tokens, sigma 1.2, i.e. a long tail of
-    conversations up to the sequence length), 80% of samples with 1-3 images."""
-    rng = np.random.default_rng(seed)
-    text = np.exp(rng.normal(np.log(200), 1.2, n)).astype(np.int64) + 24
-    images = (rng.random(n) < 0.8) * rng.integers(1, 4, n) * tokens_per_image
-    return [int(x) for x in np.minimum(text + images, seq_length)]

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Iterable
 
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
-IMAGE_PLACEHOLDER = "<image>"
 IMAGE_PAD = "<|image_pad|>"
 # Order matters for SentencePiece training: user-defined symbols take the first ids after <unk>.
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, IMAGE_PAD, IMAGE_PLACEHOLDER)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megatron_infimed.curation import PrepareConfig, generate_synthetic, prepare
+from megatron_infimed.curation import PrepareConfig, prepare
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.data.tokenizer import train_sentencepiece
-
-DISTRIBUTIONS = ("general", "medical", "shifted")
+from megatron_infimed.demo.synthetic import DISTRIBUTIONS, generate_synthetic
 
 
 def build_datasets(workdir: Path, train_size: int, test_size: int, image_size: int, seed: int) -> dict:
@@ -47,7 +47,7 @@ def write_closed_questions(source: Path, image_root: Path, target: Path) -> Path
         answer = turns[1]["value"].strip()
         if answer.lower() not in ("yes", "no"):
             continue
-        question = turns[0]["value"].replace("<image>", "").strip()
+        question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
         lines.append({"id": record["id"], "image": str(image_root / record["image"]), "question": question,
                       "answer": answer})
     target.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -59,5 +59,5 @@ def train_tokenizer(workdir: Path, vocab_size: int) -> Path:
     texts = []
     for path in sorted((workdir / "raw").glob("*_train.json")):
         for record in json.loads(path.read_text()):
-            texts.extend(turn["value"].replace("<image>", " ") for turn in record["conversations"])
+            texts.extend(turn["value"].replace(IMAGE_PLACEHOLDER, " ") for turn in record["conversations"])
     return train_sentencepiece(texts, workdir / "tokenizer" / "demo", vocab_size=vocab_size)

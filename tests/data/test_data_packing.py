@@ -1,4 +1,5 @@
-"""Packing: the online planner (property-based), pack assembly, loss weights, alignment padding."""
+"""Packing: the online planner (property-based), pack assembly, loss weights, alignment padding.
+The loss those weights feed is tested on training's own ``LossAccumulator`` (tests/training/test_loss.py)."""
 
 import math
 
@@ -8,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_infimed.data.pack import IGNORE_INDEX, Pack
-from megatron_infimed.data.pack_builder import (PackLayout, build_pack, build_padded_batch, sample_loss_weights,
-                                                weighted_loss_terms)
+from megatron_infimed.data.pack_builder import PackLayout, build_pack, build_padded_batch
 from megatron_infimed.data.packing import ALGORITHMS, OnlinePacker
 from megatron_infimed.data.preprocess import Sample
 
@@ -145,18 +145,8 @@ def test_sample_mode_weighs_every_sample_equally():
 
 
 def test_square_weights_are_inverse_sqrt_of_trainable_tokens():
-    weights = sample_loss_weights(synthetic_sample("a", 20, trained=16).labels, "square")
-    assert sorted(set(weights.tolist())) == [0.0, 0.25]
-
-
-def test_token_mode_packed_loss_equals_mean_over_all_trainable_tokens_of_the_samples():
-    samples = [synthetic_sample(f"s{i}", 8 + 3 * i, trained=3 + i) for i in range(4)]
-    packs = [build_pack(samples[:2], PackLayout()), build_pack(samples[2:], PackLayout())]
-    ce = [torch.rand(p.num_tokens) for p in packs]  # stand-in per-token cross entropy
-    terms = [weighted_loss_terms(c, p) for c, p in zip(ce, packs)]
-    loss = sum(t[0] for t in terms) / sum(t[1] for t in terms)
-    trained_ce = torch.cat([c[p.labels != IGNORE_INDEX] for c, p in zip(ce, packs)])
-    assert float(loss) == pytest.approx(float(trained_ce.mean()))
+    pack = build_pack([synthetic_sample("a", 20, trained=16)], PackLayout(loss_weighting="square"))
+    assert sorted(set(pack.loss_weights.tolist())) == [0.0, 0.25]
 
 
 def test_concat_of_packs_validates_for_micro_batches():

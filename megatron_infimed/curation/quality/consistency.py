@@ -17,7 +17,8 @@ import re
 
 from megatron_infimed.curation.images import LoadedImage
 from megatron_infimed.curation.quality import DimensionScore, penalties_to_score
-from megatron_infimed.curation.record import IMAGE_PLACEHOLDER, Record, qa_pairs
+from megatron_infimed.curation.record import Record, qa_pairs
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 
 MODALITY_WORDS = {
     "ct": r"\bct\b|\bcta\b|computed tomography",

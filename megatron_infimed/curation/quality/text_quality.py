@@ -17,7 +17,8 @@ import re
 
 from megatron_infimed.curation.images import LoadedImage
 from megatron_infimed.curation.quality import DimensionScore, penalties_to_score
-from megatron_infimed.curation.record import IMAGE_PLACEHOLDER, Record
+from megatron_infimed.curation.record import Record
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 
 _MARKUP = re.compile(
     r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>|&(?:nbsp|amp|lt|gt|quot|#\d+);|\[/?INST\]|<\|[a-z_]+\|>|\{\{|\}\}"

@@ -1,4 +1,4 @@
-"""Synthetic generator: deterministic, balanced, and its injected defects are caught
+"""The demo's synthetic generator: deterministic, balanced, and curation catches its injected defects
 (precision and recall >= 0.9 per quality dimension and for duplicates)."""
 
 import json
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megatron_infimed.curation import PrepareConfig, generate_synthetic, prepare, read_outcomes
+from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
 from megatron_infimed.curation.quality import DIMENSIONS
+from megatron_infimed.demo.synthetic import generate_synthetic
+from megatron_infimed.demo.synthetic.prepare_input import SyntheticSpec, generate_llava_input
 
 N = 300
 
@@ -104,11 +106,11 @@ def test_generator_writes_ground_truth_file(tmp_path):
     assert not any(label.startswith("medical_relevance") for label in on_disk.values())
 
 
-def test_synthetic_format_generates_and_curates_in_one_call(tmp_path):
-    from megatron_infimed.curation import SyntheticSpec
-
-    report = prepare(PrepareConfig(format="synthetic", out=str(tmp_path / "o"), progress=False,
-                                   synthetic=SyntheticSpec(n=24, distribution="medical", image_size=64)))
+def test_synthetic_format_generates_then_curates_as_llava(tmp_path):
+    config = generate_llava_input(PrepareConfig(format="synthetic", out=str(tmp_path / "o"), progress=False),
+                                  SyntheticSpec(n=24, distribution="medical", image_size=64))
+    assert config.format == "llava" and config.input == str(tmp_path / "o" / "source" / "medical_train.json")
+    report = prepare(config)
     assert report["total"] == 24 == report["kept"]
     sample = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert sample["source"] == "synthetic-medical" and sample["total_samples"] == 24

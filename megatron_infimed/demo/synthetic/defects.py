@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from megatron_infimed.curation.synthetic.render import MODALITIES
+from megatron_infimed.demo.synthetic.render import MODALITIES
 
 # (label, question type the sample must have, or None for any)
 DEFECTS = (

@@ -15,7 +15,7 @@ captions answer "Describe this image.".
 
 from __future__ import annotations
 
-from megatron_infimed.curation.synthetic.render import MODALITIES, ORGANS, SHAPES
+from megatron_infimed.demo.synthetic.render import MODALITIES, ORGANS, SHAPES
 
 QUESTION_TYPES = ("closed", "open", "mc", "caption")
 QUESTION_TYPE_P = (0.5, 0.25, 0.1, 0.15)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_infimed.curation.synthetic import questions as q
-from megatron_infimed.curation.synthetic.defects import damage_image, damage_text, defects_for
-from megatron_infimed.curation.synthetic.render import (BACKGROUNDS, COLOURS, LOCATIONS, MODALITIES, ORGANS,
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
+from megatron_infimed.demo.synthetic import questions as q
+from megatron_infimed.demo.synthetic.defects import damage_image, damage_text, defects_for
+from megatron_infimed.demo.synthetic.render import (BACKGROUNDS, COLOURS, LOCATIONS, MODALITIES, ORGANS,
                                                         SHAPES, lesion_centre, render_medical, render_shapes)
 
 DISTRIBUTIONS = ("general", "medical", "shifted")
@@ -187,7 +188,7 @@ def generate_synthetic(out_dir: str, n: int, distribution: str = "medical", seed
         else:
             clean.append(index)
         image.save(image_path, format="PNG")
-        human = "<image>\n" * placeholders + question
+        human = f"{IMAGE_PLACEHOLDER}\n" * placeholders + question
         records.append({"id": sample_id, "image": os.path.relpath(image_path, out_dir),
                         "source": f"synthetic-{distribution}", "metadata": metadata,
                         "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]})
