@@ -27,8 +27,9 @@ def vqa_rad_dir(shared_dir: Path) -> Path:
 def mcore_world():
     """In-process megatron-core world (one gloo rank, CPU backend). Parallel state is
     process-global, so it is created once and kept; multi-rank layouts run under torchrun."""
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
 
     if not torch.distributed.is_initialized():
-        distributed.initialize(distributed.ParallelConfig(), seed=1234)
+        distributed.initialize(ParallelConfig(), seed=1234)
     yield

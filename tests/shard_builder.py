@@ -63,3 +63,15 @@ def write_dataset(root: Path, samples: list[dict], shard_sizes: list[int]) -> Pa
                 "samples": [{"key": s["key"], "shard": 0} for s in samples]}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
+
+
+def split_loader_options(options: dict):
+    """Flat loader options, as tests write them, → (data section, batch section, seed)."""
+    from dataclasses import fields
+
+    from megatron_infimed.config.run import BatchSection, DataConfig
+
+    batch_keys = {f.name for f in fields(BatchSection)}
+    batch = BatchSection(**{k: v for k, v in options.items() if k in batch_keys})
+    data = DataConfig(**{k: v for k, v in options.items() if k not in batch_keys and k != "seed"})
+    return data, batch, options.get("seed", 1234)

@@ -26,6 +26,7 @@ from PIL import Image
 from megatron_infimed.bench.report import BenchResult
 from megatron_infimed.bench.timing import alternate, in_workdir, median
 from megatron_infimed.data.chat_template import tokenize_conversation
+from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.data.pack import IGNORE_INDEX
 
 DEFAULT_VQA_RAD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vqa_rad"
@@ -84,11 +85,11 @@ def source_records(args: argparse.Namespace, work: Path) -> tuple[list[dict], st
     if (vqa / "VQA_RAD_Dataset_Public.json").is_file():
         raw = json.loads((vqa / "VQA_RAD_Dataset_Public.json").read_text())[:args.samples]
         records = [{"id": f"vqa_rad-{i}", "image": r["image_name"],
-                    "conversations": [{"from": "human", "value": f"<image>\n{str(r['question']).strip()}"},
+                    "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{str(r['question']).strip()}"},
                                       {"from": "gpt", "value": str(r["answer"]).strip()}]}
                    for i, r in enumerate(raw)]
         return records, str(vqa / "images"), f"VQA-RAD ({vqa})"
-    from megatron_infimed.curation import generate_synthetic
+    from megatron_infimed.demo.synthetic import generate_synthetic
 
     made = generate_synthetic(str(work / "synthetic"), args.samples, "medical", seed=0, image_size=512)
     return json.loads(Path(made.json_path).read_text()), made.image_root, "synthetic medical, 512 px"
@@ -111,7 +112,7 @@ def prepare_shards(records: list[dict], image_root: str, args: argparse.Namespac
 def train_tokenizer(records: list[dict], work: Path):
     from megatron_infimed.data.tokenizer import load_tokenizer, train_sentencepiece
 
-    texts = [t["value"].replace("<image>", "") for r in records for t in r["conversations"]]
+    texts = [t["value"].replace(IMAGE_PLACEHOLDER, "") for r in records for t in r["conversations"]]
     return load_tokenizer(train_sentencepiece(texts, work / "tokenizer" / "sp", vocab_size=1000))
 
 
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> BenchResult:
 
 def _measure(args: argparse.Namespace, work: Path) -> BenchResult:
     from megatron_infimed.config.presets import get_preset
-    from megatron_infimed.data.loader import DataConfig, build_train_loader
+    from megatron_infimed.config.run import BatchSection, DataConfig
+    from megatron_infimed.data.loader import build_train_loader
     from megatron_infimed.data.tokenizer import align_model_config
     from megatron_infimed.model.token_reduction import tokens_per_image
 
@@ -132,14 +134,14 @@ def _measure(args: argparse.Namespace, work: Path) -> BenchResult:
     preset = get_preset("infimed-1.7b")
     config = align_model_config(preset.with_overrides({"vision.image_size": args.image_size}), tokenizer)
     image_tokens = tokens_per_image(config)
-    data = DataConfig(paths=(str(prepared),), seq_length=args.seq_length, num_workers=1, worker_processes=True,
-                      num_epochs=1, shuffle_buffer=0)
+    data = DataConfig(paths=(str(prepared),), num_workers=1, worker_processes=True, num_epochs=1, shuffle_buffer=0)
+    batch = BatchSection(seq_length=args.seq_length)
     baseline_set = LlavaStyleDataset(kept, image_root, tokenizer, image_tokens, args.image_size,
                                      config.vision.image_mean, config.vision.image_std)
     counts = {}
 
     def ours():
-        loader = build_train_loader(data, config, tokenizer, dp_rank=0, dp_size=1)
+        loader = build_train_loader(data, batch, config, tokenizer, dp_rank=0, dp_size=1, seed=1234)
         counts["ours"] = sum(len(pack.sample_ids) for pack in loader)
         counts["fill"] = loader.stats()["data/fill_ratio"]
         loader.close()

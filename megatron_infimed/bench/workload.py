@@ -54,10 +54,11 @@ def make_samples(config: ModelConfig, n: int, seq_length: int, seed: int) -> lis
 
 def ensure_world(seed: int = 1234) -> None:
     """A single-process megatron-core world (CPU backend without a GPU)."""
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
 
     if not torch.distributed.is_initialized():
-        distributed.initialize(distributed.ParallelConfig(), seed=seed)
+        distributed.initialize(ParallelConfig(), seed=seed)
 
 
 def build_model(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32):

@@ -76,9 +76,10 @@ def _import(args: argparse.Namespace, argv: list[str]) -> int:
             shutil.rmtree(partial_path(output), ignore_errors=True)
         return code
 
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
 
-    distributed.initialize(distributed.ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
+    distributed.initialize(ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size,
                                                       pipeline_model_parallel_size=args.pipeline_model_parallel_size),
                            seed=args.seed)
     try:

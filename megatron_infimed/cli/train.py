@@ -13,7 +13,7 @@ import pickle
 import sys
 import traceback
 
-from megatron_infimed.training.config import load_config
+from megatron_infimed.config.flags import load_config
 
 # Errors a user can act on from one line: a bad option, a missing or corrupted file, data that
 # yields nothing, a run that diverged. Anything else is a bug and keeps its traceback.
@@ -34,16 +34,17 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_config(argv)
+        config, dry_run = load_config(argv)
     except (ValueError, FileNotFoundError) as error:
         print(f"infimed-train: error: {error}", file=sys.stderr)
         return 2
-    if config.dry_run:
+    if dry_run:
         from megatron_infimed.training.dry_run import dry_run_report
 
         print(json.dumps(dry_run_report(config)))
         return 0
-    from megatron_infimed.training.loop import StoppedBySignal, train
+    from megatron_infimed.training.loop import train
+    from megatron_infimed.training.signals import StoppedBySignal
 
     try:
         train(config)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("infimed-train: interrupted (second SIGINT): stopped without saving")
         return 130
     except _user_errors() as error:
-        if config.debug:
+        if config.logging.debug:
             traceback.print_exc()
         print(f"infimed-train: error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -193,23 +193,11 @@ def plan_import(language_dir: str | Path, vision_dir: str | Path | None = None, 
     return ImportPlan(config, sources, tokenizer_dir, counts)
 
 
-def _tp_shard(full: torch.Tensor, dim: int | None, gated: bool) -> torch.Tensor:
-    """This rank's tensor-parallel piece, as megatron-core lays it out (SwiGLU: [gate_r; up_r])."""
-    from megatron.core import parallel_state
-
-    if dim is None:
-        return full
-    size, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
-    if gated:
-        gate, up = full.chunk(2, dim=dim)
-        return torch.cat([gate.chunk(size, dim=dim)[rank], up.chunk(size, dim=dim)[rank]], dim=dim)
-    return full.chunk(size, dim=dim)[rank]
-
-
 @torch.no_grad()
 def fill_chunk(chunk, plan: ImportPlan) -> int:
     """Copy every sourced parameter of one pipeline chunk; returns how many were copied."""
-    from megatron_infimed.model.init import global_parameter_name, partition_dim
+    from megatron_infimed.model.init import global_parameter_name
+    from megatron_infimed.model.tp_shard import partition_dim, tp_shard
 
     config = plan.config
     by_name = {e.megatron: e for e in mapping.entries(config)}
@@ -228,7 +216,7 @@ def fill_chunk(chunk, plan: ImportPlan) -> int:
         full = mapping.join(entry, [source.get(h) for h in entry.hf], config)
         module_name, _, param_name = name.rpartition(".")
         dim = partition_dim(chunk.get_submodule(module_name), param_name)
-        piece = _tp_shard(full, dim, gated=entry.row.join == "gate_up")
+        piece = tp_shard(full, dim, gated=entry.row.join == "gate_up")
         if piece.shape != param.shape:
             raise ValueError(f"'{global_name}': converted piece has shape {tuple(piece.shape)}, the model "
                              f"expects {tuple(param.shape)}")
@@ -245,6 +233,7 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
     """Collective: write ``plan``'s model under the current TP/PP layout to ``output``."""
     from megatron.core import parallel_state
 
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.model.infimed import InfiMedModel
     from megatron_infimed.model.init import initialize_weights
     from megatron_infimed.training.checkpoint import save_weights
@@ -255,8 +244,8 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
     if output.exists():
         raise FileExistsError(f"output {output} already exists; remove it or choose another folder")
     try:
-        parallel = {"tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
-                    "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size()}
+        parallel = ParallelConfig(tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+                                  pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size())
         chunk = InfiMedModel(plan.config, pre_process=parallel_state.is_pipeline_first_stage(),
                              post_process=parallel_state.is_pipeline_last_stage(), parallel=parallel, dtype=dtype)
         initialize_weights(chunk, seed)

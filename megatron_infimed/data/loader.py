@@ -1,7 +1,7 @@
 """The training data loader: one per data-parallel rank, yielding one ``Pack`` per micro-batch.
 
-    loader = build_train_loader(data_config, model_config, tokenizer, dp_rank, dp_size, micro_batch_size)
-    pack = next(loader)              # Pack.concat of micro_batch_size packs
+    loader = build_train_loader(data, batch, model_config, tokenizer, dp_rank, dp_size, seed)
+    pack = next(loader)              # Pack.concat of batch.micro_batch_size packs
     state = loader.state_dict()      # save with the checkpoint
     loader.load_state_dict(state)    # on a fresh loader, before the first next()
 
@@ -29,21 +29,20 @@ the trainer builds this per data-parallel rank and broadcasts.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.config.run import BatchSection, DataConfig
 from megatron_infimed.data.blending import StreamItem, StreamSpec, WorkerStreams
 from megatron_infimed.data.dry_spell import NoUsableSamples
 from megatron_infimed.data.images import ImagePreprocessor
 from megatron_infimed.data.pack import Pack
 from megatron_infimed.data.pack_builder import PackLayout, build_padded_batch, build_pack
-from megatron_infimed.data.packing import DEFAULT_ALGORITHM, OnlinePacker
+from megatron_infimed.data.packing import OnlinePacker
 from megatron_infimed.data.preprocess import Sample, SamplePreprocessor
 from megatron_infimed.data.streaming import DatasetIndex, ErrorRecord
 from megatron_infimed.data.tokenizer import Tokenizer
@@ -52,40 +51,6 @@ from megatron_infimed.model.token_reduction import tokens_per_image
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 DRY_WARNING_S = 60.0  # waiting this long for a usable sample is logged, with what was skipped meanwhile
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DataConfig:
-    paths: tuple[str, ...]  # prepared dataset folders (manifest.json + shards/)
-    weights: tuple[float, ...] | None = None  # blend weights, one per path; None = equal
-    seq_length: int = 4096
-    packing: bool = True  # False = --no-packing: pad each micro-batch to its longest sample
-    packing_algorithm: str = DEFAULT_ALGORITHM  # "bfd" | "ffd"
-    packing_buffer: int = 1024  # samples held by the packer, pending and in open packs
-    loss_weighting: str = "token"  # "token" | "sample" | "square"
-    overlong: str = "truncate"  # "truncate" | "drop"
-    shuffle_buffer: int = 1000  # window of the seeded shuffle; 0 = no shuffling
-    seed: int = 1234
-    num_workers: int = 2
-    worker_processes: bool = True
-    num_epochs: int | None = None  # None = repeat forever
-    image_resize: str = "pad"  # "pad" | "crop"
-    jpeg_draft: bool = False
-    shard_retries: int = 2
-    shard_retry_delay: float = 0.5
-
-    def __post_init__(self) -> None:
-        if isinstance(self.paths, (str, bytes)) or not all(isinstance(p, (str, os.PathLike)) for p in self.paths):
-            raise ValueError(f"data.paths must be a list of prepared dataset folders (paths: [/data/a, /data/b]), "
-                             f"got {self.paths!r}")
-        if not self.paths:
-            raise ValueError("DataConfig.paths is empty; give at least one prepared dataset folder")
-        if self.weights is not None and (len(self.weights) != len(self.paths) or min(self.weights) < 0
-                                         or sum(self.weights) <= 0):
-            raise ValueError(f"DataConfig.weights {self.weights} must be non-negative, one per path "
-                             f"({len(self.paths)}), and not all zero")
-        if self.num_workers < 1:
-            raise ValueError(f"DataConfig.num_workers must be >= 1 (streams per rank), got {self.num_workers}")
 
 
 class ErrorLog:
@@ -110,9 +75,10 @@ class ErrorLog:
 
 
 class TrainLoader:
-    def __init__(self, spec: StreamSpec, config: DataConfig, layout: PackLayout, micro_batch_size: int) -> None:
-        self.spec, self.config, self.layout, self.micro_batch_size = spec, config, layout, micro_batch_size
-        self.capacity = layout.capacity(config.seq_length)
+    def __init__(self, spec: StreamSpec, config: DataConfig, batch: BatchSection, layout: PackLayout) -> None:
+        self.spec, self.config, self.batch, self.layout = spec, config, batch, layout
+        self.micro_batch_size = batch.micro_batch_size
+        self.capacity = layout.capacity(batch.seq_length)
         self.packer: OnlinePacker[Sample] = OnlinePacker(self.capacity, config.packing_buffer,
                                                          config.packing_algorithm)
         workers = spec.num_workers
@@ -195,7 +161,7 @@ class TrainLoader:
         return self
 
     def __next__(self) -> Pack:
-        if not self.config.packing:
+        if not self.batch.packing:
             return self._next_padded_batch()
         while len(self._ready) < self.micro_batch_size and not self._finished:
             sample = self._next_sample()
@@ -208,7 +174,7 @@ class TrainLoader:
             raise StopIteration
         take = [self._ready.popleft() for _ in range(min(self.micro_batch_size, len(self._ready)))]
         packs = [build_pack(samples, self.layout) for samples in take]
-        self._count(packs, slots=len(packs) * self.config.seq_length)
+        self._count(packs, slots=len(packs) * self.batch.seq_length)
         return Pack.concat(packs)
 
     def _next_padded_batch(self) -> Pack:
@@ -306,8 +272,8 @@ class TrainLoader:
         self._source, self._generators = None, []
 
 
-def build_train_loader(config: DataConfig, model_config: ModelConfig, tokenizer: Tokenizer, dp_rank: int,
-                       dp_size: int, micro_batch_size: int = 1, context_parallel: int = 1,
+def build_train_loader(config: DataConfig, batch: BatchSection, model_config: ModelConfig, tokenizer: Tokenizer,
+                       dp_rank: int, dp_size: int, seed: int, context_parallel: int = 1,
                        fp8: bool = False) -> TrainLoader:
     """The loader of one data-parallel rank; ``model_config.image_token_id`` must be the tokenizer's."""
     if not 0 <= dp_rank < dp_size:
@@ -316,7 +282,9 @@ def build_train_loader(config: DataConfig, model_config: ModelConfig, tokenizer:
         raise ValueError(f"model image_token_id {model_config.image_token_id} differs from the tokenizer's "
                          f"<|image_pad|> id {tokenizer.image_token_id}; use align_model_config(config, tokenizer)")
     vision = model_config.vision
-    layout = PackLayout(loss_weighting=config.loss_weighting, context_parallel=context_parallel, fp8=fp8,
+    if not config.paths:
+        raise ValueError("data.paths is empty; give at least one prepared dataset folder")
+    layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=context_parallel, fp8=fp8,
                         pad_id=tokenizer.pad_id, image_mean=tuple(vision.image_mean),
                         image_std=tuple(vision.image_std))
     images = ImagePreprocessor.for_vision(vision, config.image_resize, config.jpeg_draft)
@@ -324,11 +292,11 @@ def build_train_loader(config: DataConfig, model_config: ModelConfig, tokenizer:
     spec = StreamSpec(
         indexes=tuple(DatasetIndex.from_dir(p) for p in config.paths),
         weights=config.weights or (1.0,) * len(config.paths), dp_rank=dp_rank, dp_size=dp_size,
-        num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-        num_epochs=config.num_epochs, preprocessor=preprocessor, max_length=layout.capacity(config.seq_length),
+        num_workers=config.num_workers, seed=seed, shuffle_buffer=config.shuffle_buffer,
+        num_epochs=config.num_epochs, preprocessor=preprocessor, max_length=layout.capacity(batch.seq_length),
         overlong=config.overlong, shard_retries=config.shard_retries, shard_retry_delay=config.shard_retry_delay,
     )
-    return TrainLoader(spec, config, layout, micro_batch_size)
+    return TrainLoader(spec, config, batch, layout)
 
 
 def _as_is(item: StreamItem) -> StreamItem:

@@ -96,6 +96,7 @@ class MegatronGenerator:
         from megatron_infimed.data.tokenizer import load_tokenizer
         from megatron_infimed.model.infimed import InfiMedModel
         from megatron_infimed.model.token_reduction import tokens_per_image
+        from megatron_infimed.config.run import ParallelConfig
         from megatron_infimed.runtime import distributed
         from megatron_infimed.training import checkpoint as ckpt
         from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration
@@ -106,7 +107,7 @@ class MegatronGenerator:
             raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
         directory = iteration_dir(root, iteration)
         if not torch.distributed.is_initialized():
-            distributed.initialize(distributed.ParallelConfig(), seed=0)
+            distributed.initialize(ParallelConfig(), seed=0)
         self.config = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
         self.tokenizer = load_tokenizer(directory / "tokenizer")
         self.model = InfiMedModel(self.config)

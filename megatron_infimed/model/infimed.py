@@ -25,15 +25,16 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model import specs
 from megatron_infimed.model.token_reduction import reduce_image_tokens, reduced_channels, tokens_per_image
 
 
 class InfiMedModel(MegatronModule):
     def __init__(self, config: ModelConfig, *, pre_process: bool = True, post_process: bool = True,
-                 parallel: dict | None = None, transformer_impl: str = "local",
+                 parallel: ParallelConfig | None = None, transformer_impl: str = "local",
                  dtype: torch.dtype = torch.float32, vp_stage: int | None = None):
-        parallel = parallel or {}
+        parallel = parallel or ParallelConfig()
         lang_tc = specs.language_transformer_config(config, parallel, dtype)
         super().__init__(config=lang_tc)
         self.model_config = config

@@ -13,6 +13,7 @@ Which attention, MLP and norm a layer uses is chosen here, by spec, never by ``i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import torch
@@ -24,6 +25,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model.packed_attention import PackedDotProductAttention
 from megatron_infimed.runtime import cpu_backend
 
@@ -49,7 +51,7 @@ def _check_impl(impl: str) -> None:
                               "'megatron-infimed[gpu]'); use 'local' without it") from error
 
 
-def language_transformer_config(config: ModelConfig, parallel: dict, dtype: torch.dtype) -> TransformerConfig:
+def language_transformer_config(config: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
     lang = config.language
     return TransformerConfig(
         num_layers=lang.num_layers, hidden_size=lang.hidden_size, ffn_hidden_size=lang.ffn_hidden_size,
@@ -61,9 +63,9 @@ def language_transformer_config(config: ModelConfig, parallel: dict, dtype: torc
     )
 
 
-def vision_transformer_config(config: ModelConfig, parallel: dict, dtype: torch.dtype) -> TransformerConfig:
+def vision_transformer_config(config: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
     vis = config.vision
-    parallel = {**parallel, "pipeline_model_parallel_size": 1, "virtual_pipeline_model_parallel_size": None}
+    parallel = _first_stage_only(parallel)
     return TransformerConfig(
         num_layers=vis.num_layers, hidden_size=vis.hidden_size, ffn_hidden_size=vis.ffn_hidden_size,
         num_attention_heads=vis.num_attention_heads, kv_channels=vis.hidden_size // vis.num_attention_heads,
@@ -75,32 +77,38 @@ def vision_transformer_config(config: ModelConfig, parallel: dict, dtype: torch.
     )
 
 
-def projector_transformer_config(config: ModelConfig, parallel: dict, dtype: torch.dtype) -> TransformerConfig:
-    parallel = {**parallel, "pipeline_model_parallel_size": 1, "virtual_pipeline_model_parallel_size": None}
+def projector_transformer_config(config: ModelConfig, parallel: ParallelConfig,
+                                 dtype: torch.dtype) -> TransformerConfig:
+    parallel = _first_stage_only(parallel)
     return TransformerConfig(
         num_layers=1, hidden_size=config.language.hidden_size,
         ffn_hidden_size=config.projector_hidden_size or config.language.hidden_size,
         # No attention in a projector; heads only has to divide by the tensor-parallel size.
-        num_attention_heads=parallel.get("tensor_model_parallel_size", 1),
+        num_attention_heads=parallel.tensor_model_parallel_size,
         activation_func=F.gelu, add_bias_linear=True, gated_linear_unit=False,
         **_common(parallel, dtype),
     )
 
 
-def _common(parallel: dict, dtype: torch.dtype) -> dict:
+def _first_stage_only(parallel: ParallelConfig) -> ParallelConfig:
+    """The vision encoder and the projector live whole on the first pipeline stage."""
+    return dataclasses.replace(parallel, pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None)
+
+
+def _common(parallel: ParallelConfig, dtype: torch.dtype) -> dict:
     return dict(
-        tensor_model_parallel_size=parallel.get("tensor_model_parallel_size", 1),
-        pipeline_model_parallel_size=parallel.get("pipeline_model_parallel_size", 1),
-        virtual_pipeline_model_parallel_size=parallel.get("virtual_pipeline_model_parallel_size"),
-        context_parallel_size=parallel.get("context_parallel_size", 1),
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         # Weights are created whole on the CPU and then sharded, so they do not depend on the
         # layout; model.init then sets them from per-name seeds.
         use_cpu_initialization=True, perform_initialization=False,
         calculate_per_token_loss=True,
-        recompute_granularity=parallel.get("recompute_granularity"),
-        recompute_method=parallel.get("recompute_method"),
-        recompute_num_layers=parallel.get("recompute_num_layers"),
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method=parallel.recompute_method,
+        recompute_num_layers=parallel.recompute_num_layers,
         **_PORTABLE,
         **cpu_backend.config_overrides(),
     )

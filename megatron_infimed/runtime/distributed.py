@@ -18,15 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.runtime import cpu_backend
-
-
-@dataclass(frozen=True, kw_only=True)
-class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: int | None = None
-    context_parallel_size: int = 1
 
 
 @dataclass(frozen=True)

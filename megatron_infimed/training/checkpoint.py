@@ -42,8 +42,9 @@ class NonFiniteModel(ValueError):
     """A parameter holds NaN or inf: the model is not saved (it would replace a good checkpoint)."""
 
 
-def _model_state(chunks) -> dict:
-    # Sharded keys carry global layer numbers, so one flat prefix works for every layout.
+def model_state(chunks) -> dict:
+    """The chunks' sharded state under one flat prefix: sharded keys carry global layer numbers,
+    so it works for every layout."""
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
@@ -95,37 +96,32 @@ def _commit(root: str, iteration: int, directory: Path, model_config, keep_last:
     torch.distributed.barrier()
 
 
-def save(root: str, iteration: int, consumed_samples: int, chunks, optimizer, scheduler, data_source,
-         run_config, tokenizer_path: str | None = None, async_queue=None) -> Path:
-    """Collective: every rank calls it. With ``async_queue`` (megatron-core's ``AsyncCallsQueue``)
-    the tensors are written in the background and the tracker only once every rank is done."""
-    check_finite(chunks, iteration)
+def save(root: str, run, async_queue=None) -> Path:
+    """Save ``run`` (a ``training.run.Run``: everything its ``sharded_state_dict`` lists, the
+    loader's state, RNG states, the run's configuration and tokenizer files). Collective: every rank
+    calls it. With ``async_queue`` (megatron-core's ``AsyncCallsQueue``) the tensors are written in
+    the background and the tracker only once every rank is done."""
+    iteration, config = run.iteration, run.config
+    check_finite(run.chunks, iteration)
     directory = _prepare(root, iteration)
     rank = torch.distributed.get_rank()
-    model_state = _model_state(chunks)
-    state = {
-        **model_state,
-        "optimizer": optimizer.sharded_state_dict(model_state),
-        "scheduler": scheduler.state_dict(),
-        "iteration": iteration,
-        "consumed_samples": consumed_samples,
-    }
-    request = dist_checkpointing.save(state, str(directory), async_sharded_save=async_queue is not None)
+    request = dist_checkpointing.save(run.sharded_state_dict(), str(directory),
+                                      async_sharded_save=async_queue is not None)
     (directory / "rng").mkdir(exist_ok=True)
     torch.save({"layout": _layout(), **_rng_state()}, directory / "rng" / f"rank{rank}.pt")
     if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_first_stage():
         (directory / "loader").mkdir(exist_ok=True)
         dp_rank = parallel_state.get_data_parallel_rank()
-        torch.save(data_source.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
+        torch.save(run.feed.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
     if rank == 0:
-        (directory / "run_config.json").write_text(json.dumps(run_config.to_dict(), indent=2, default=str))
-        if tokenizer_path:
-            copy_tokenizer(tokenizer_path, directory / "tokenizer")
+        (directory / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        if config.data.tokenizer and not config.data.mock_data:
+            copy_tokenizer(config.data.tokenizer, directory / "tokenizer")
+    keep_last = config.checkpoint.keep_last
     if async_queue is None:
-        _commit(root, iteration, directory, chunks[0].model_config, run_config.keep_last)
+        _commit(root, iteration, directory, run.model_config, keep_last)
     else:
-        request.add_finalize_fn(lambda: _write_tracker(root, iteration, directory, chunks[0].model_config,
-                                                       run_config.keep_last))
+        request.add_finalize_fn(lambda: _write_tracker(root, iteration, directory, run.model_config, keep_last))
         async_queue.schedule_async_request(request)
     return directory
 
@@ -181,25 +177,21 @@ def _remove_old(root: str, current: int, keep_last: int) -> None:
         shutil.rmtree(iteration_dir(root, old), ignore_errors=True)
 
 
-def load(root: str, chunks, optimizer, scheduler, data_source, reset_data: bool = False,
-         verify_files: bool = True) -> dict:
-    """Resume everything from the latest complete checkpoint under ``root``."""
-    iteration = latest_iteration(root)
-    directory = iteration_dir(root, iteration)
-    _readable(directory, verify_files)
+def load(root: str, run) -> int:
+    """Resume ``run`` from the latest complete checkpoint under ``root``; returns its iteration."""
+    reset_data = run.config.data.reset_data_state
+    directory = iteration_dir(root, latest_iteration(root))
+    _readable(directory, run.config.checkpoint.verify_checkpoint)
     if not reset_data:
-        _check_image_tokens(directory, chunks[0].model_config)
-    model_state = _model_state(chunks)
-    state = {**model_state, "optimizer": optimizer.sharded_state_dict(model_state, is_loading=True)}
-    loaded = dist_checkpointing.load(state, str(directory))
-    for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[f"model{i}"], strict=True)
-    optimizer.load_state_dict(loaded["optimizer"])
-    scheduler.load_state_dict(loaded["scheduler"])
+        _check_image_tokens(directory, run.model_config)
+    model = model_state(run.chunks)
+    # Only the sharded parts are requested; the scheduler and the counters come back from common.pt.
+    request = {**model, "optimizer": run.optimizer.sharded_state_dict(model, is_loading=True)}
+    run.load_sharded_state_dict(dist_checkpointing.load(request, str(directory)))
     saved_layout = json.loads((directory / "layout.json").read_text())
-    _load_loader_state(directory, data_source, saved_layout, reset_data)
+    _load_loader_state(directory, run.feed, saved_layout, reset_data)
     _load_rng(directory, saved_layout)
-    return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"])}
+    return run.iteration
 
 
 def _check_image_tokens(directory: Path, model_config) -> None:
@@ -242,7 +234,7 @@ def _load_rng(directory: Path, saved_layout: dict) -> None:
 def save_weights(root: str, chunks, iteration: int = 0, tokenizer_path: str | Path | None = None) -> Path:
     """Model weights only, in the same layout (used by ``infimed-convert import-hf``). Collective."""
     directory = _prepare(root, iteration)
-    dist_checkpointing.save(_model_state(chunks), str(directory))
+    dist_checkpointing.save(model_state(chunks), str(directory))
     if tokenizer_path is not None and torch.distributed.get_rank() == 0:
         copy_tokenizer(tokenizer_path, directory / "tokenizer")
     _commit(root, iteration, directory, chunks[0].model_config)
@@ -255,7 +247,7 @@ def load_weights(root: str, chunks, verify_files: bool = True) -> int:
     if iteration is None:
         raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
     _readable(iteration_dir(root, iteration), verify_files)
-    loaded = dist_checkpointing.load(_model_state(chunks), str(iteration_dir(root, iteration)))
+    loaded = dist_checkpointing.load(model_state(chunks), str(iteration_dir(root, iteration)))
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=True)
     return iteration

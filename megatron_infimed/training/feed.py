@@ -1,13 +1,19 @@
-"""One training step's micro-batches: read once per model replica, handed to every stage.
+"""A step's packs from the reader to the device: the one module that owns them.
 
-Only the first pipeline stage's tensor-parallel rank 0 reads (decodes images, tokenises, packs).
-Before each step it reads the step's ``num_microbatches`` packs and sends the tensor-parallel
-rank 0 of every later stage what that stage needs::
+    source (PackSource: the shard loader padded to the micro-batch, or --mock-data)
+      │  stage 0, tp 0 reads the step's ``num_microbatches`` packs          StepFeed.next_step
+      ▼
+    pipeline hand-over: tokens, labels, loss weights, positions,            _send_along_pipeline
+      │  cu_seqlens, counts to every later stage (one broadcast per
+      │  tensor kind over the pipeline group); images stay on stage 0
+      ▼
+    tensor-parallel hand-over + device: as its micro-batch runs, each        micro_batch
+       stage's tp 0 moves the pack to its device and broadcasts it to its
+       tensor-parallel group
 
-    stage 0, tp 0:  reads packs ──► tokens, labels, loss weights, positions, cu_seqlens, counts
-                                    (one broadcast per tensor kind over the pipeline group)
-    stage k > 0:    the same packs, images replaced by an empty [K, 3, 0, 0] placeholder
-    tp rank > 0:    nothing here; ``step.broadcast_pack`` sends them each pack from their tp 0
+Only the first pipeline stage's tensor-parallel rank 0 reads (decodes images, tokenises, packs):
+``reads_data()``. Later stages get each pack with its images replaced by an empty [K, 3, 0, 0]
+placeholder that keeps the image count.
 
 Images go to the first stage only: its vision encoder is the only user, and they are most of a
 pack's bytes. The loader's counters travel with the packs, so the last stage logs them.
@@ -20,17 +26,75 @@ Every model chunk of a rank (virtual pipelining) iterates over the same list.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 
 from megatron.core import parallel_state
 
+from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.config.run import RunConfig
+from megatron_infimed.data.loader import build_train_loader
 from megatron_infimed.data.pack import TENSOR_FIELDS, Pack
+from megatron_infimed.data.pack_builder import PackLayout
+from megatron_infimed.data.tokenizer import Tokenizer
 from megatron_infimed.runtime import distributed
+from megatron_infimed.training.mock_data import MockDataIterator
 
 # What later stages need of a pack; the images stay on the first stage.
 _SENT = tuple(name for name in TENSOR_FIELDS if name != "images")
+
+
+class PackSource(Protocol):
+    """Where a data-parallel rank's micro-batches come from: each one a ``Pack`` of exactly
+    ``batch.micro_batch_slots`` slots (pipeline stages exchange activations of a fixed shape),
+    with state that a checkpoint saves and a resume restores."""
+
+    def __next__(self) -> Pack: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def stats(self) -> dict: ...
+
+
+class ShardSource:
+    """The shard loader as a ``PackSource``: each pack padded to the micro-batch's slots with one
+    extra segment that carries no loss (it costs compute, which ``fill_ratio`` reports)."""
+
+    def __init__(self, loader, slots: int, pad_id: int, reset: bool):
+        self.loader, self.slots, self.pad_id, self.reset = loader, slots, pad_id, reset
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Pack:
+        return next(self.loader).padded_to(self.slots, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state, reset=self.reset)
+
+    def stats(self) -> dict:
+        stats = self.loader.stats()
+        return {**stats, "skipped": stats["data/bad_inputs"] + stats["data/dropped"]}
+
+
+def build_source(config: RunConfig, model_config: ModelConfig, tokenizer: Tokenizer | None, dp_rank: int,
+                 dp_size: int, num_microbatches: int) -> PackSource:
+    """This data-parallel rank's source: mock packs, or the shard loader over ``config.data``."""
+    batch, cp, fp8 = config.batch, config.parallel.context_parallel_size, bool(config.model.fp8)
+    if config.data.mock_data:
+        layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=cp, fp8=fp8,
+                            image_mean=model_config.vision.image_mean, image_std=model_config.vision.image_std)
+        return MockDataIterator(model_config, batch.seq_length, batch.micro_batch_size, config.optim.seed,
+                                dp_rank, dp_size, num_microbatches, config.data.reset_data_state, layout)
+    loader = build_train_loader(config.data, batch, model_config, tokenizer, dp_rank, dp_size, config.optim.seed,
+                                context_parallel=cp, fp8=fp8)
+    return ShardSource(loader, batch.micro_batch_slots, tokenizer.pad_id, config.data.reset_data_state)
 
 
 def reads_data() -> bool:
@@ -43,7 +107,7 @@ class StepFeed:
     """The training loop's view of the data: ``next_step()`` before each step, then the loader's
     ``stats``/``state_dict`` as the reader's source has them."""
 
-    def __init__(self, source, num_microbatches: int, num_chunks: int):
+    def __init__(self, source: PackSource | None, num_microbatches: int, num_chunks: int):
         self.source, self.num_microbatches, self.num_chunks = source, num_microbatches, num_chunks
         self._stats: dict = {}
         self.wait_seconds = 0.0
@@ -78,6 +142,20 @@ class StepFeed:
     def take_wait_seconds(self) -> float:
         seconds, self.wait_seconds = self.wait_seconds, 0.0
         return seconds
+
+
+def micro_batch(data_iterator: Iterator[Pack]) -> Pack:
+    """The next pack of this step on this rank's device: tensor-parallel rank 0 takes it from the
+    step's list and moves it (each pack reaches the device when its micro-batch runs, not a whole
+    step's images at once), then sends it to the rest of its tensor-parallel group."""
+    local = (next(data_iterator).to(distributed.device())
+             if parallel_state.get_tensor_model_parallel_rank() == 0 else None)
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return local
+    packs, _ = broadcast_packs([local] if local is not None else None,
+                               parallel_state.get_tensor_model_parallel_src_rank(),
+                               parallel_state.get_tensor_model_parallel_group())
+    return packs[0]
 
 
 def _send_along_pipeline(packs: list[Pack], stats: dict) -> tuple[list[Pack], dict]:

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import torch
 
+from megatron.core import parallel_state
+
+from megatron_infimed.config.run import LoggingSection
+from megatron_infimed.runtime import distributed
+from megatron_infimed.training.flops import training_flops
+
 # Dense bf16 peaks without sparsity (NVIDIA datasheets).
 _PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -55,18 +61,18 @@ def truncate_jsonl(path: Path, iteration: int) -> int:
 class MetricsLogger:
     """Writes one JSON object per logged iteration; only the rank that owns the loss writes."""
 
-    def __init__(self, run_dir: str | None, enabled: bool, wandb_project: str | None = None,
-                 wandb_mode: str = "offline", config: dict | None = None):
+    def __init__(self, logging: LoggingSection, enabled: bool, config: dict | None = None):
         self.enabled = enabled
+        run_dir = logging.run_dir
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir and enabled else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.wandb = None
-        if enabled and wandb_project:
+        if enabled and logging.wandb_project:
             import wandb  # optional extra: pip install 'megatron-infimed[wandb]'
 
             # The API key comes from the environment or ~/.netrc; it is never logged or stored here.
-            self.wandb = wandb.init(project=wandb_project, mode=wandb_mode, dir=run_dir,
+            self.wandb = wandb.init(project=logging.wandb_project, mode=logging.wandb_mode, dir=run_dir,
                                     config={k: v for k, v in (config or {}).items() if "key" not in k.lower()})
 
     def start_at(self, iteration: int) -> None:
@@ -97,6 +103,35 @@ class MetricsLogger:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def step_record(run, result, peak: float | None) -> dict:
+    """The metrics of the step ``result`` of ``run``: loss and token counts summed over
+    data-parallel ranks (meaningful on the last pipeline stage, which logs them)."""
+    packs, seconds = result.packs, result.seconds
+    real = sum(p.num_real_tokens for p in packs)
+    slots = sum(p.num_tokens for p in packs)
+    flops = sum(training_flops(run.model_config, (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist(),
+                               p.images.shape[0]) for p in packs)
+    stats = run.feed.stats()
+    totals = torch.tensor([result.loss_sum, result.weight_sum, real, slots, flops, stats.get("skipped", 0)],
+                          dtype=torch.float64, device=distributed.device())
+    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
+    tflops_per_gpu = flops / seconds / torch.distributed.get_world_size() / 1e12
+    # The loader's cumulative counters (truncations, bad inputs, ...) of this data-parallel rank.
+    loader_counters = {k: v for k, v in stats.items() if k.startswith("data/")}
+    return {
+        "iteration": run.iteration, "consumed_samples": run.consumed_samples,
+        "loss": loss_sum / weight_sum if weight_sum else float("nan"),
+        "grad_norm": float(result.grad_norm) if result.grad_norm is not None else float("nan"),
+        "lr": result.lr, "tokens": int(real),
+        "tokens_per_s": real / seconds, "fill_ratio": real / slots if slots else 0.0,
+        "samples_per_micro_batch": sum(len(p.sample_ids) for p in packs) / len(packs) if packs else 0.0,
+        "tflops_per_gpu": tflops_per_gpu, "mfu": tflops_per_gpu / peak if peak else None,
+        "step_time_s": seconds, "data_wait_s": result.data_wait_seconds, "skipped_samples": int(skipped),
+        **loader_counters,
+    }
 
 
 class SampleLedger:

@@ -7,34 +7,28 @@ megatron-core's ``calculate_per_token_loss`` path keeps an *integer* token count
 weight sum is kept here (``LossAccumulator``) and the gradients are divided by it in
 ``finalize_grads`` after megatron has summed them across data-parallel ranks.
 
-Tensor-parallel rank 0 gets each pack from ``feed.StepFeed`` (the first stage reads, later stages
-receive all but the images) and broadcasts it to its tensor-parallel group, as Megatron-LM does.
+Each micro-batch's pack comes from ``feed.micro_batch`` (the module that owns a step's packs from
+the reader to the device).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_infimed.data.pack import Pack
 from megatron_infimed.model.infimed import packed_seq_params
 from megatron_infimed.runtime import distributed
-from megatron_infimed.training.feed import broadcast_packs
+from megatron_infimed.training.feed import micro_batch
 from megatron_infimed.training.setup import unwrap
-
-
-def broadcast_pack(pack: Pack | None) -> Pack:
-    """Send tensor-parallel rank 0's pack to the other ranks of its tensor-parallel group."""
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        return pack
-    packs, _ = broadcast_packs([pack] if pack is not None else None,
-                               parallel_state.get_tensor_model_parallel_src_rank(),
-                               parallel_state.get_tensor_model_parallel_group())
-    return packs[0]
+from megatron_infimed.training.signals import StopRequest, next_step
 
 
 class LossAccumulator:
@@ -63,10 +57,7 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
 
     def forward_step(data_iterator, model):
         unwrapped = unwrap(model)
-        # Each pack reaches the device when its micro-batch runs, not a whole step's images at once.
-        local = (next(data_iterator).to(distributed.device())
-                 if parallel_state.get_tensor_model_parallel_rank() == 0 else None)
-        pack = broadcast_pack(local)
+        pack = micro_batch(data_iterator)
         if unwrapped.post_process:
             seen.append(pack)
         output = model(
@@ -126,3 +117,55 @@ def check_step_finite(iteration: int, accumulator: LossAccumulator, model_chunks
             f"iteration {iteration}: {what} {'are' if ' and ' in what or what.endswith('s') else 'is'} NaN or "
             f"inf; stopping before the optimizer step (nothing was saved from this iteration). Lower --lr or "
             f"check the data; --no-check-for-nan-in-loss-and-grad turns this check off")
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did, for the metrics: this rank's last-stage packs and loss sums."""
+
+    packs: list[Pack]
+    loss_sum: float
+    weight_sum: float
+    grad_norm: float | None
+    lr: float
+    seconds: float
+    data_wait_seconds: float
+
+
+class Stepper:
+    """One optimizer step of ``run``: the step's packs through megatron's schedule, the NaN check,
+    the optimizer and the schedule. ``run.iteration`` and ``run.consumed_samples`` advance."""
+
+    def __init__(self, run):
+        self.run = run
+        self.accumulator, self.seen = LossAccumulator(), []
+        model = run.model
+        for chunk in model:
+            chunk.config.finalize_model_grads_func = make_finalize_grads(self.accumulator)
+            chunk.config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+        self.forward_backward = get_forward_backward_func()
+        self.forward_step = make_forward_step(self.accumulator, self.seen)
+
+    def step(self, stop: StopRequest) -> StepResult:
+        run = self.run
+        start = time.perf_counter()
+        self.accumulator.reset()
+        self.seen.clear()
+        for chunk in run.model:
+            chunk.zero_grad_buffer()
+        run.optimizer.zero_grad()
+        iterators = next_step(run.feed, stop, run.iteration)
+        self.forward_backward(
+            forward_step_func=self.forward_step, data_iterator=iterators if len(run.model) > 1 else iterators[0],
+            model=run.model, num_microbatches=run.shape.num_microbatches,
+            seq_length=run.config.batch.micro_batch_slots, micro_batch_size=1, forward_only=False,
+        )
+        if run.config.optim.check_for_nan_in_loss_and_grad:
+            check_step_finite(run.iteration + 1, self.accumulator, run.model)
+        _, grad_norm, _ = run.optimizer.step()
+        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+        run.scheduler.step(increment=1)
+        run.iteration += 1
+        run.consumed_samples += run.shape.global_batch_size
+        return StepResult(list(self.seen), self.accumulator.loss_sum.item(), self.accumulator.weight_sum.item(),
+                          grad_norm, lr, time.perf_counter() - start, run.feed.take_wait_seconds())

@@ -33,10 +33,11 @@ def hf_sources(tmp_path_factory) -> HFSources:
 
 @pytest.fixture(scope="session")
 def mcore_world():
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
 
     if not torch.distributed.is_initialized():
-        distributed.initialize(distributed.ParallelConfig(), seed=1234)
+        distributed.initialize(ParallelConfig(), seed=1234)
     yield
 
 

@@ -19,15 +19,16 @@ def main() -> None:
 
     from megatron_infimed.convert.import_hf import import_hf, plan_import
     from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
     from megatron_infimed.training.checkpoint import load_weights
 
     language, vision, checkpoint_tp2, checkpoint_tp2pp2, out = sys.argv[1:6]
     plan = plan_import(language, vision, preset="tiny")
 
-    distributed.initialize(distributed.ParallelConfig(tensor_model_parallel_size=2), seed=1234)
+    distributed.initialize(ParallelConfig(tensor_model_parallel_size=2), seed=1234)
     import_hf(plan, checkpoint_tp2)
-    model = InfiMedModel(plan.config, parallel={"tensor_model_parallel_size": 2}).eval()
+    model = InfiMedModel(plan.config, parallel=ParallelConfig(tensor_model_parallel_size=2)).eval()
     load_weights(checkpoint_tp2, [model])
     generator = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 2048, (1, 23), generator=generator)
@@ -41,7 +42,7 @@ def main() -> None:
                    "vision": features.contiguous()}, out)
 
     parallel_state.destroy_model_parallel()
-    distributed.initialize(distributed.ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2),
+    distributed.initialize(ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2),
                            seed=1234)
     import_hf(plan, checkpoint_tp2pp2)
     distributed.shutdown()

@@ -5,9 +5,10 @@ from collections import Counter
 
 import pytest
 import torch
-from shard_builder import make_sample, write_dataset
+from shard_builder import make_sample, split_loader_options, write_dataset
 
-from megatron_infimed.data.loader import DataConfig, build_train_loader
+from megatron_infimed.config.run import DataConfig
+from megatron_infimed.data.loader import build_train_loader
 from megatron_infimed.data.pack import IGNORE_INDEX
 
 SEQ = 192
@@ -22,9 +23,10 @@ def datasets(tmp_path_factory):
 
 
 def loader_for(datasets, tokenizer, model_config, dp_rank=0, dp_size=1, mbs=1, **overrides):
-    config = DataConfig(**{"paths": datasets, "seq_length": SEQ, "num_workers": 2, "worker_processes": False,
-                           "shuffle_buffer": 8, "packing_buffer": 16, "seed": 7, **overrides})
-    return build_train_loader(config, model_config, tokenizer, dp_rank, dp_size, micro_batch_size=mbs)
+    options = {"paths": tuple(datasets), "seq_length": SEQ, "num_workers": 2, "worker_processes": False,
+               "shuffle_buffer": 8, "packing_buffer": 16, "seed": 7, "micro_batch_size": mbs, **overrides}
+    data, batch, seed = split_loader_options(options)
+    return build_train_loader(data, batch, model_config, tokenizer, dp_rank, dp_size, seed)
 
 
 def same_pack(a, b) -> bool:

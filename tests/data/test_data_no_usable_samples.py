@@ -6,13 +6,14 @@ import threading
 from collections import Counter
 
 import pytest
-from shard_builder import make_sample, write_dataset
+from shard_builder import make_sample, split_loader_options, write_dataset
 
 from megatron_infimed.data import loader as loader_module
 from megatron_infimed.data.blending import REPORT_EVERY, StreamSpec
 from megatron_infimed.data.dry_spell import NoUsableSamples
 from megatron_infimed.data.images import ImagePreprocessor
-from megatron_infimed.data.loader import DataConfig, build_train_loader
+from megatron_infimed.config.run import DataConfig
+from megatron_infimed.data.loader import build_train_loader
 from megatron_infimed.data.preprocess import SamplePreprocessor
 from megatron_infimed.data.streaming import DatasetIndex
 
@@ -45,10 +46,11 @@ def dataset(root, shard_sizes, **sample_args):
 
 
 def loader_for(paths, tokenizer, model_config, dp_rank=0, dp_size=1, **overrides):
-    config = DataConfig(**{"paths": paths, "seq_length": 192, "num_workers": 1, "worker_processes": False,
-                           "shuffle_buffer": 0, "packing_buffer": 4, "seed": 7, "shard_retries": 0,
-                           "shard_retry_delay": 0.0, **overrides})
-    return build_train_loader(config, model_config, tokenizer, dp_rank, dp_size)
+    options = {"paths": tuple(paths), "seq_length": 192, "num_workers": 1, "worker_processes": False,
+               "shuffle_buffer": 0, "packing_buffer": 4, "seed": 7, "shard_retries": 0, "shard_retry_delay": 0.0,
+               **overrides}
+    data, batch, seed = split_loader_options(options)
+    return build_train_loader(data, batch, model_config, tokenizer, dp_rank, dp_size, seed)
 
 
 def trained(loader, packs):

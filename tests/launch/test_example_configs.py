@@ -10,8 +10,8 @@ import yaml
 
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.model.token_reduction import tokens_per_image
-from megatron_infimed.training.config import TrainConfig, load_config
-from megatron_infimed.training.data import data_config_for
+from megatron_infimed.config.flags import flat_name, load_config
+from megatron_infimed.config.run import SECTIONS, RunConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRESETS = ("tiny", "infimed-1.7b", "infimed-4b")
@@ -25,8 +25,9 @@ def path_of(preset: str, stage: str) -> Path:
     return EXAMPLES / preset / f"{stage}.yaml"
 
 
-def load(preset: str, stage: str) -> TrainConfig:
-    return load_config(["--config", str(path_of(preset, stage))])
+def load(preset: str, stage: str) -> RunConfig:
+    config, _ = load_config(["--config", str(path_of(preset, stage))])
+    return config
 
 
 def test_the_examples_folder_holds_exactly_the_twelve_stage_configs():
@@ -35,17 +36,17 @@ def test_the_examples_folder_holds_exactly_the_twelve_stage_configs():
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
-def test_yaml_keys_are_exactly_train_config_field_names(preset, stage):
+def test_yaml_keys_are_flat_option_names_or_sections(preset, stage):
     keys = set(yaml.safe_load(path_of(preset, stage).read_text()))
-    fields = set(TrainConfig.__dataclass_fields__)
-    assert keys <= fields, f"not TrainConfig fields: {sorted(keys - fields)}"
+    known = {flat_name(s, f) for s, cls in SECTIONS.items() for f in cls.__dataclass_fields__} | set(SECTIONS)
+    assert keys <= known, f"not run options: {sorted(keys - known)}"
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
 def test_config_loads_with_its_preset_and_a_loader_data_section(preset, stage):
     config = load(preset, stage)
-    assert config.preset == preset
-    data = data_config_for(config)  # the loader's DataConfig: unknown keys would raise here
+    assert config.model.preset == preset
+    data = config.data  # the loader's DataConfig: unknown keys raised while loading
     assert len(data.paths) == len(data.weights)
     assert all(p.startswith("data/prepared/") for p in data.paths)
 
@@ -54,82 +55,82 @@ def test_config_loads_with_its_preset_and_a_loader_data_section(preset, stage):
 def test_numbers_are_numbers_not_strings(preset, stage):
     # YAML 1.1 reads `1e-3` as a string; the configs must write `1.0e-3`.
     config = load(preset, stage)
-    assert all(isinstance(v, float) for v in (config.lr, config.min_lr))
-    assert all(isinstance(v, int) for v in (config.train_iters, config.lr_warmup_iters, config.seq_length))
+    assert all(isinstance(v, float) for v in (config.optim.lr, config.optim.min_lr))
+    assert all(isinstance(v, int) for v in (config.optim.train_iters, config.optim.lr_warmup_iters, config.batch.seq_length))
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
 def test_schedule_is_warmup_then_cosine_to_a_lower_floor(preset, stage):
     config = load(preset, stage)
-    assert config.lr_decay_style == "cosine"
-    assert 0 < config.lr_warmup_iters < config.train_iters
-    assert 0 < config.min_lr < config.lr
+    assert config.optim.lr_decay_style == "cosine"
+    assert 0 < config.optim.lr_warmup_iters < config.optim.train_iters
+    assert 0 < config.optim.min_lr < config.optim.lr
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_learning_rate_falls_from_stage_to_stage(preset):
-    rates = [load(preset, stage).lr for stage in STAGES]
+    rates = [load(preset, stage).optim.lr for stage in STAGES]
     assert rates == sorted(rates, reverse=True) and rates[0] > rates[1], rates
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_pretrain_trains_only_the_projector(preset):
     config = load(preset, "pretrain")
-    assert (config.freeze_vision, config.freeze_projector, config.freeze_language) == (True, False, True)
+    assert (config.model.freeze_vision, config.model.freeze_projector, config.model.freeze_language) == (True, False, True)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_stage1_unfreezes_language_and_keeps_vision_frozen(preset):
     config = load(preset, "stage1")
-    assert (config.freeze_vision, config.freeze_projector, config.freeze_language) == (True, False, False)
+    assert (config.model.freeze_vision, config.model.freeze_projector, config.model.freeze_language) == (True, False, False)
 
 
 @pytest.mark.parametrize("preset,stage", [(p, s) for p in PRESETS for s in ("stage2", "stage3")])
 def test_medical_stages_train_every_part(preset, stage):
     config = load(preset, stage)
-    assert not (config.freeze_vision or config.freeze_projector or config.freeze_language)
+    assert not (config.model.freeze_vision or config.model.freeze_projector or config.model.freeze_language)
 
 
 @pytest.mark.parametrize("preset", BIG)
 def test_big_pretrain_pools_to_144_image_tokens(preset):
     config = load(preset, "pretrain")
-    assert config.model == {"reduction.kind": "pool", "reduction.pooled_grid": 12}
-    assert tokens_per_image(get_preset(preset).with_overrides(config.model)) == 144
+    assert config.model.overrides == {"reduction.kind": "pool", "reduction.pooled_grid": 12}
+    assert tokens_per_image(get_preset(preset).with_overrides(config.model.overrides)) == 144
 
 
 def test_tiny_pretrain_keeps_its_4x4_pooling():
     config = load("tiny", "pretrain")
-    assert tokens_per_image(get_preset("tiny").with_overrides(config.model)) == 16
+    assert tokens_per_image(get_preset("tiny").with_overrides(config.model.overrides)) == 16
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_image_tokens_never_shrink_after_pretrain(preset):
-    counts = [tokens_per_image(get_preset(preset).with_overrides(load(preset, s).model)) for s in STAGES]
+    counts = [tokens_per_image(get_preset(preset).with_overrides(load(preset, s).model.overrides)) for s in STAGES]
     assert counts == sorted(counts), counts
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
 def test_sequence_holds_several_images_and_fits_the_model(preset, stage):
     config = load(preset, stage)
-    model = get_preset(preset).with_overrides(config.model)
-    assert 2 * tokens_per_image(model) < config.seq_length <= model.language.max_position_embeddings
+    model = get_preset(preset).with_overrides(config.model.overrides)
+    assert 2 * tokens_per_image(model) < config.batch.seq_length <= model.language.max_position_embeddings
 
 
 def test_pretrain_blends_caption_data():
     data = load("infimed-4b", "pretrain").data
-    assert all("caption" in p for p in data["paths"])
+    assert all("caption" in p for p in data.paths)
 
 
 @pytest.mark.parametrize("preset,stage,dataset", [(p, s, d) for p in PRESETS
                                                   for s, d in (("stage1", "general"), ("stage2", "medical"))])
 def test_instruction_stages_train_on_their_own_dataset(preset, stage, dataset):
-    assert load(preset, stage).data["paths"] == [f"data/prepared/{dataset}"]
+    assert load(preset, stage).data.paths == (f"data/prepared/{dataset}",)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_stage3_blends_medical_shifted_and_general_replay(preset):
     data = load(preset, "stage3").data
-    blend = dict(zip(data["paths"], data["weights"]))
+    blend = dict(zip(data.paths, data.weights))
     assert blend == {"data/prepared/medical": 0.5, "data/prepared/shifted": 0.3, "data/prepared/general": 0.2}
 
 
@@ -137,40 +138,40 @@ def test_stage3_blends_medical_shifted_and_general_replay(preset):
                                                    (("stage1", "pretrain"), ("stage2", "stage1"),
                                                     ("stage3", "stage2"))])
 def test_each_stage_starts_from_the_previous_stage_checkpoint(preset, stage, previous):
-    assert load(preset, stage).pretrained_checkpoint == load(preset, previous).save
+    assert load(preset, stage).checkpoint.pretrained_checkpoint == load(preset, previous).checkpoint.save
 
 
 @pytest.mark.parametrize("preset", BIG)
 def test_big_pretrain_starts_from_imported_hugging_face_weights(preset):
-    assert load(preset, "pretrain").pretrained_checkpoint == f"checkpoints/{preset}/hf-init"
+    assert load(preset, "pretrain").checkpoint.pretrained_checkpoint == f"checkpoints/{preset}/hf-init"
 
 
 def test_tiny_pretrain_starts_from_random_init():
-    assert load("tiny", "pretrain").pretrained_checkpoint is None
+    assert load("tiny", "pretrain").checkpoint.pretrained_checkpoint is None
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
 def test_rerunning_a_stage_resumes_its_own_checkpoint(preset, stage):
     config = load(preset, stage)
-    assert config.load == config.save == f"checkpoints/{preset}/{stage}"
-    assert config.run_dir == f"runs/{preset}/{stage}"
+    assert config.checkpoint.load == config.checkpoint.save == f"checkpoints/{preset}/{stage}"
+    assert config.logging.run_dir == f"runs/{preset}/{stage}"
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
 def test_precision_is_bf16_on_gpu_presets_and_fp32_for_tiny(preset, stage):
-    assert load(preset, stage).bf16 is (preset in BIG)
+    assert load(preset, stage).model.bf16 is (preset in BIG)
 
 
 @pytest.mark.parametrize("preset,tp", [("tiny", 1), ("infimed-1.7b", 1), ("infimed-4b", 2)])
 def test_tensor_parallel_size_per_preset(preset, tp):
-    assert {load(preset, s).tensor_model_parallel_size for s in STAGES} == {tp}
-    assert {load(preset, s).pipeline_model_parallel_size for s in STAGES} == {1}
+    assert {load(preset, s).parallel.tensor_model_parallel_size for s in STAGES} == {tp}
+    assert {load(preset, s).parallel.pipeline_model_parallel_size for s in STAGES} == {1}
 
 
 @pytest.mark.parametrize("preset,stage", [(p, s) for p in BIG for s in STAGES])
 def test_global_batch_splits_evenly_over_one_to_sixteen_h100_nodes(preset, stage):
     config = load(preset, stage)
-    model_parallel = config.tensor_model_parallel_size * config.pipeline_model_parallel_size
+    model_parallel = config.parallel.tensor_model_parallel_size * config.parallel.pipeline_model_parallel_size
     for nodes in (1, 2, 4, 8, 16):
         data_parallel = nodes * GPUS_PER_NODE // model_parallel
-        assert config.global_batch_size % (config.micro_batch_size * data_parallel) == 0, nodes
+        assert config.batch.global_batch_size % (config.batch.micro_batch_size * data_parallel) == 0, nodes

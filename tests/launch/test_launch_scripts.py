@@ -107,13 +107,13 @@ def test_data_root_rebases_the_config_inputs(module_site, pretrain):
     assert run_config["data"]["paths"] == [str(module_site.data_root / "general-caption"),
                                            str(module_site.data_root / "medical-caption")]
     assert run_config["data"]["weights"] == [0.5, 0.5]
-    assert run_config["tokenizer"] == str(module_site.data_root / "tokenizer.model")
+    assert run_config["data"]["tokenizer"] == str(module_site.data_root / "tokenizer.model")
 
 
 def test_stage1_starts_from_the_pretrain_checkpoint(module_site, stage1_interrupted):
     run_config = saved_run_config(module_site.ckpt_root / "stage1")
-    assert run_config["pretrained_checkpoint"] == str(module_site.ckpt_root / "pretrain")
-    assert (run_config["freeze_vision"], run_config["freeze_language"]) == (True, False)  # stage1's own config
+    assert run_config["checkpoint"]["pretrained_checkpoint"] == str(module_site.ckpt_root / "pretrain")
+    assert (run_config["model"]["freeze_vision"], run_config["model"]["freeze_language"]) == (True, False)  # stage1's own config
     assert f"starting from the weights in {module_site.ckpt_root / 'pretrain'}" in stage1_interrupted.output
 
 
@@ -147,4 +147,4 @@ def test_outside_slurm_a_single_node_torchrun_runs_without_srun(stage2_local):
 def test_stage2_outside_slurm_starts_from_stage1_and_saves_its_own(module_site, stage2_local):
     assert latest(module_site.ckpt_root / "stage2") == 1
     run_config = saved_run_config(module_site.ckpt_root / "stage2")
-    assert run_config["pretrained_checkpoint"] == str(module_site.ckpt_root / "stage1")
+    assert run_config["checkpoint"]["pretrained_checkpoint"] == str(module_site.ckpt_root / "stage1")

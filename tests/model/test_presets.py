@@ -7,7 +7,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, Sigl
 
 from megatron_infimed.config.presets import PRESETS, get_preset
 from megatron_infimed.model.infimed import InfiMedModel
-from megatron_infimed.training.config import TrainConfig
+from megatron_infimed.config.run import BatchSection, ModelSection, RunConfig
 from megatron_infimed.training.dry_run import count, dry_run_report
 
 
@@ -54,12 +54,12 @@ def test_vision_parameters_equal_siglip_without_head(mcore_world, preset):
 
 
 def test_qwen3_presets_have_the_published_language_sizes(mcore_world):
-    assert dry_run_report(TrainConfig(preset="infimed-1.7b", dry_run=True))["params"]["language"] == 1_720_574_976
-    assert dry_run_report(TrainConfig(preset="infimed-4b", dry_run=True))["params"]["language"] == 4_022_468_096
+    assert dry_run_report(RunConfig(model=ModelSection(preset="infimed-1.7b")))["params"]["language"] == 1_720_574_976
+    assert dry_run_report(RunConfig(model=ModelSection(preset="infimed-4b")))["params"]["language"] == 4_022_468_096
 
 
 def test_dry_run_report_lists_parts_tokens_and_flops(mcore_world):
-    report = dry_run_report(TrainConfig(preset="infimed-1.7b", dry_run=True, seq_length=4096))
+    report = dry_run_report(RunConfig(model=ModelSection(preset="infimed-1.7b"), batch=BatchSection(seq_length=4096)))
     params = report["params"]
     assert params["total"] == params["vision"] + params["projector"] + params["language"]
     # 2-layer GELU projector: 1152 → 2048 → 2048, with biases.

@@ -1,16 +1,22 @@
-"""The run configuration: YAML, then flags; unknown keys are errors that name the key."""
+"""The run configuration: sections of frozen dataclasses, filled from YAML (nested or flat) and
+then flags; unknown keys, bad types and bad choices are errors that name the key."""
 
 import pytest
 import torch
 
-from megatron_infimed.training.config import load_config
+from megatron_infimed.config import flags
+
+
+def load_config(argv):
+    config, _ = flags.load_config(argv)
+    return config
 
 
 def test_flags_override_yaml(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("preset: tiny\nmock-data: true\nseq_length: 512\nlr: 0.01\n")
     config = load_config(["--config", str(config_file), "--lr", "0.5"])
-    assert (config.seq_length, config.lr, config.mock_data) == (512, 0.5, True)
+    assert (config.batch.seq_length, config.optim.lr, config.data.mock_data) == (512, 0.5, True)
 
 
 def test_unknown_yaml_key_is_named(tmp_path):
@@ -36,7 +42,7 @@ def test_the_distributed_optimizer_is_refused_without_cuda():
     from megatron_infimed.training.setup import build_optimizer
 
     config = load_config(["--mock-data", "--use-distributed-optimizer"])
-    assert config.use_distributed_optimizer
+    assert config.parallel.use_distributed_optimizer
     with pytest.raises(ValueError, match="--use-distributed-optimizer needs CUDA"):
         build_optimizer([], config)
 
@@ -47,14 +53,14 @@ def test_training_without_data_is_refused():
 
 
 def test_model_overrides_are_json(tmp_path):
-    config = load_config(["--mock-data", "--model", '{"reduction.kind": "none"}'])
-    assert config.model == {"reduction.kind": "none"}
+    config = load_config(["--mock-data", "--model-overrides", '{"reduction.kind": "none"}'])
+    assert config.model.overrides == {"reduction.kind": "none"}
 
 
 def test_yaml_numbers_in_e_notation_become_floats(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("mock_data: true\nlr: 1e-3\n")
-    assert load_config(["--config", str(config_file)]).lr == 0.001
+    assert load_config(["--config", str(config_file)]).optim.lr == 0.001
 
 
 def test_a_value_of_the_wrong_type_names_the_key(tmp_path):
@@ -67,4 +73,75 @@ def test_a_value_of_the_wrong_type_names_the_key(tmp_path):
 def test_a_flag_can_unfreeze_what_the_yaml_froze(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("mock_data: true\nfreeze_vision: true\n")
-    assert load_config(["--config", str(config_file), "--no-freeze-vision"]).freeze_vision is False
+    assert load_config(["--config", str(config_file), "--no-freeze-vision"]).model.freeze_vision is False
+
+
+def test_yaml_nests_by_section_or_uses_flat_names(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nparallel: {tensor_model_parallel_size: 2}\nseq_length: 256\n"
+                           "batch: {micro_batch_size: 2}\nmodel_overrides: {reduction.kind: none}\n")
+    config = load_config(["--config", str(config_file)])
+    assert (config.parallel.tensor_model_parallel_size, config.batch.seq_length, config.batch.micro_batch_size) \
+        == (2, 256, 2)
+    assert config.model.overrides == {"reduction.kind": "none"}
+
+
+def test_an_unknown_key_inside_a_section_is_named(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nparallel: {tensor_parallel: 2}\n")
+    with pytest.raises(ValueError, match="unknown key 'tensor_parallel' in section 'parallel'"):
+        load_config(["--config", str(config_file)])
+
+
+def test_a_choice_not_offered_is_named(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nloss_weighting: tokens\n")
+    with pytest.raises(ValueError, match=r"'loss_weighting' .* 'tokens'; expected one of \['token', 'sample', 'square'\]"):
+        load_config(["--config", str(config_file)])
+
+
+def test_a_section_may_be_given_as_json_and_a_single_flag_wins(tmp_path):
+    config = load_config(["--mock-data", "--data", '{"paths": ["/a", "/b"], "num_workers": 4}', "--num-workers", "3"])
+    assert (config.data.paths, config.data.num_workers) == (("/a", "/b"), 3)
+
+
+def test_paths_may_name_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/lustre/prepared")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("tokenizer: ${TOKENIZER:-tok.model}\ndata: {paths: [\"${DATA_ROOT}/medical\"]}\n")
+    config = load_config(["--config", str(config_file)])
+    assert (config.data.paths, config.data.tokenizer) == (("/lustre/prepared/medical",), "tok.model")
+
+
+def test_an_unset_variable_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("mock_data: true\nsave: ${NOT_SET_ANYWHERE}/ckpt\n")
+    with pytest.raises(ValueError, match=r"\$\{NOT_SET_ANYWHERE\}, which is not set"):
+        load_config(["--config", str(config_file)])
+
+
+def test_packing_is_a_positive_option_with_a_no_flag():
+    assert load_config(["--mock-data"]).batch.packing is True
+    assert load_config(["--mock-data", "--no-packing"]).batch.packing is False
+
+
+def test_help_documents_every_option_with_its_meaning_and_default(capsys):
+    from dataclasses import fields
+
+    from megatron_infimed.config.run import SECTIONS
+
+    with pytest.raises(SystemExit):
+        flags.load_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            flag = "--" + flags.flat_name(section, f.name).replace("_", "-")
+            assert flag in text, flag
+            assert f"{flag} " in text and "(default: " in text
+    assert "tensor parallelism) (default: 1)" in text
+
+
+def test_freezing_every_part_is_refused_at_parse_time():
+    with pytest.raises(ValueError, match="every part of the model is frozen"):
+        load_config(["--mock-data", "--freeze-vision", "--freeze-projector", "--freeze-language"])

@@ -197,7 +197,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_change_of_image_tokens_on_resume_names_the_reduction(saved_run, tmp_path):
     run = copy_run(saved_run, tmp_path)
-    result = train(run, "--train-iters", "3", "--model", '{"reduction.kind": "none"}')
+    result = train(run, "--train-iters", "3", "--model-overrides", '{"reduction.kind": "none"}')
     assert result.returncode == 2
     [line] = error_lines(result)
     assert "tokens per image (reduction pool)" in line and "--reset-data-state" in line

@@ -60,7 +60,7 @@ def test_data_parallel_2_matches_one_rank(runs, reference):
 
 def test_virtual_pipeline_matches_one_rank(runs):
     # Interleaving needs layers for 2 stages × 2 virtual chunks, and micro-batches per stage.
-    deeper = ["--model", '{"language.num_layers": 4}']
+    deeper = ["--model-overrides", '{"language.num_layers": 4}']
     reference = runs("deep-tp1", 1, *deeper)
     assert_same_curve(reference, runs("deep-vpp", 2, *deeper, "--pipeline-model-parallel-size", "2",
                                       "--virtual-pipeline-model-parallel-size", "2"))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from megatron_infimed.checkpoint.integrity import MANIFEST
-from megatron_infimed.training.config import load_config
+from megatron_infimed.config.flags import load_config
 from megatron_infimed.training.metrics import truncate_jsonl
 from megatron_infimed.training.tracker import TRACKER, latest_iteration, resume_point, write_tracker
 
@@ -114,15 +114,15 @@ class _SlowFeed:
 
 
 def test_a_signal_ends_a_wait_for_data_that_outlasts_the_grace_period():
-    from megatron_infimed.training.loop import StoppedBySignal, _next_step, _StopRequest
+    from megatron_infimed.training.signals import StopRequest, StoppedBySignal, next_step
 
-    stop = _StopRequest(grace_seconds=0.5)
+    stop = StopRequest(grace_seconds=0.5)
     try:
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
         started = time.monotonic()
         with pytest.raises(StoppedBySignal, match="SIGTERM: the data of iteration 8 did not come within 0.5 s") \
                 as caught:
-            _next_step(_EndlessFeed(), stop, iteration=7)
+            next_step(_EndlessFeed(), stop, iteration=7)
         assert caught.value.exit_code == 128 + signal.SIGTERM
         assert time.monotonic() - started >= 0.7  # the signal at 0.3 s, then the 0.5 s grace
     finally:
@@ -130,12 +130,12 @@ def test_a_signal_ends_a_wait_for_data_that_outlasts_the_grace_period():
 
 
 def test_data_that_comes_within_the_grace_period_is_trained():
-    from megatron_infimed.training.loop import _next_step, _StopRequest
+    from megatron_infimed.training.signals import StopRequest, next_step
 
-    stop = _StopRequest(grace_seconds=2.0)
+    stop = StopRequest(grace_seconds=2.0)
     try:
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        assert _next_step(_SlowFeed(), stop, iteration=7) == ["packs"]
+        assert next_step(_SlowFeed(), stop, iteration=7) == ["packs"]
         assert stop.signum == signal.SIGTERM  # still asks for the save at the end of the step
         time.sleep(2.5)  # the grace timer was disarmed with the wait: no late alarm
     finally:
@@ -143,21 +143,21 @@ def test_data_that_comes_within_the_grace_period_is_trained():
 
 
 def test_a_signal_during_compute_gives_the_next_wait_its_grace_period():
-    from megatron_infimed.training.loop import StoppedBySignal, _next_step, _StopRequest
+    from megatron_infimed.training.signals import StopRequest, StoppedBySignal, next_step
 
-    stop = _StopRequest(grace_seconds=0.3)
+    stop = StopRequest(grace_seconds=0.3)
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
         with pytest.raises(StoppedBySignal, match="SIGUSR1"):
-            _next_step(_EndlessFeed(), stop, iteration=0)
+            next_step(_EndlessFeed(), stop, iteration=0)
     finally:
         stop.restore()
 
 
 def test_a_second_sigint_aborts_at_once():
-    from megatron_infimed.training.loop import _StopRequest
+    from megatron_infimed.training.signals import StopRequest
 
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT  # the first asks for a save at the end of the step
