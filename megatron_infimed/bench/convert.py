@@ -49,7 +49,7 @@ def config_for_size(gb: float, hidden: int = 1024):
 def build_checkpoint(root: Path, gb: float, hidden: int) -> float:
     """Write the checkpoint; returns its weight bytes in GB."""
     from megatron_infimed.bench.workload import build_model
-    from megatron_infimed.training.checkpoint import save_weights
+    from megatron_infimed.checkpoint.dist import save_weights
 
     model = build_model(config_for_size(gb, hidden))
     size = sum(p.numel() * p.element_size() for p in model.parameters()) / GB

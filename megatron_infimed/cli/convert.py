@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 def _import(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
-    from megatron_infimed.convert.import_hf import import_hf, partial_path, plan_import
+    from megatron_infimed.checkpoint.layout import partial_folder
+    from megatron_infimed.convert.import_hf import import_hf, plan_import
 
     plan = plan_import(args.language, args.vision, preset=args.preset, config_file=args.config,
                        projector=args.projector)
@@ -73,7 +74,7 @@ def _import(args: argparse.Namespace, argv: list[str]) -> int:
                    "-m", "megatron_infimed.cli.convert", *argv]
         code = subprocess.call(command)
         if code:  # a rank killed by torchrun cannot clean up after itself
-            shutil.rmtree(partial_path(output), ignore_errors=True)
+            shutil.rmtree(partial_folder(output), ignore_errors=True)
         return code
 
     from megatron_infimed.config.run import ParallelConfig

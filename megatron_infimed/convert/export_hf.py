@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_infimed.checkpoint import integrity
+from megatron_infimed.checkpoint.layout import atomic_folder, iteration_folder
 from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.convert import mapping
@@ -45,19 +46,6 @@ from megatron_infimed.model.token_reduction import tokens_per_image
 
 HF_FILES = Path(__file__).parent / "hf_files"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def checkpoint_directory(checkpoint: str | Path) -> Path:
-    """The iteration folder: ``CKPT`` itself, or the one ``CKPT/latest_checkpointed_iteration.txt`` names."""
-    from megatron_infimed.training.tracker import latest_iteration
-
-    path = Path(checkpoint)
-    if (path / ".metadata").is_file():
-        return path
-    iteration = latest_iteration(path)
-    if iteration is None:
-        raise FileNotFoundError(f"{path} is not a checkpoint: no latest_checkpointed_iteration.txt and no .metadata")
-    return path / f"iter_{iteration:07d}"
 
 
 def parse_size(size: str | int) -> int:
@@ -216,7 +204,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
         raise FileExistsError(f"output {output} already exists; remove it or choose another folder")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    directory = checkpoint_directory(checkpoint)
+    directory = iteration_folder(checkpoint)
     if verify_checkpoint:
         integrity.verify(directory)  # CheckpointCorrupted naming the file; a warning without a manifest
     config_file = directory / "model_config.json"
@@ -239,46 +227,51 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str | None =
     prefixes = mapping.HF_PREFIXES["qwen3" if language_only else "infimed"]
     shards = plan_shards(entries, out_dtype.itemsize, parse_size(max_shard_size))
 
-    partial = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        partial.mkdir(parents=True)
-        weight_map, total = {}, 0
-        bar = tqdm(total=len(entries), desc=f"export {output.name}", unit="tensor", disable=not progress)
-        for number, shard in enumerate(shards, start=1):
-            name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-            specs = [(prefixes[entry.row.part] + hf, out_dtype, shape)
-                     for entry in shard for hf, shape in zip(entry.hf, entry.hf_shapes)]
-            with SafetensorsWriter(partial / name, specs, metadata={"format": "pt"}) as writer:
-                for entry in shard:
-                    names = [prefixes[entry.row.part] + hf for hf in entry.hf]
-                    # Same dtype and rows stored as plain runs: file-to-file copies, nothing read.
-                    same_dtype = reader.dtype(entry.megatron, entry.layer) == out_dtype
-                    sources = reader.row_sources(entry.megatron, entry.layer) if same_dtype else None
-                    if sources is not None:
-                        shape = mapping.megatron_shape(entry)
-                        row_bytes = math.prod(shape[1:]) * out_dtype.itemsize
-                        for tensor_name, rows in zip(names, mapping.split_rows(entry, config)):
-                            writer.copy(tensor_name, _byte_runs(rows, sources, row_bytes))
-                    else:
-                        fused = reader.read(entry.megatron, entry.layer)
-                        for tensor_name, tensor in zip(names, mapping.split(entry, fused, config)):
-                            writer.write(tensor_name, tensor.to(out_dtype))
-                    bar.update(1)
-            if not allow_non_finite:
-                check_finite(partial / name, {prefixes[e.row.part] + hf: f"from '{e.megatron}'"
-                                              for e in shard for hf in e.hf})
-            weight_map.update(dict.fromkeys((spec[0] for spec in specs), name))
-            total += writer.data_bytes
-        bar.close()
-        (partial / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-        _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."), resize_mode)
-        _write_tokenizer(tokenizer_dir, partial, converted_tokenizer)
-        partial.rename(output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        with atomic_folder(output) as partial:
+            partial.mkdir(parents=True)
+            weight_map, total = _write_shards(reader, shards, config, partial, prefixes, out_dtype,
+                                              allow_non_finite, progress)
+            (partial / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+            _write_configs(config, partial, language_only, tokens, str(out_dtype).removeprefix("torch."),
+                           resize_mode)
+            _write_tokenizer(tokenizer_dir, partial, converted_tokenizer)
     finally:
         reader.close()
     return output
+
+
+def _write_shards(reader: DistCheckpointReader, shards, config: ModelConfig, folder: Path, prefixes: dict,
+                  out_dtype: torch.dtype, allow_non_finite: bool, progress: bool) -> tuple[dict[str, str], int]:
+    """Every shard of ``shards`` into ``folder``; returns (tensor name → shard file, total bytes)."""
+    weight_map, total = {}, 0
+    bar = tqdm(total=sum(len(shard) for shard in shards), desc=f"export {folder.name}", unit="tensor",
+               disable=not progress)
+    for number, shard in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        specs = [(prefixes[entry.row.part] + hf, out_dtype, shape)
+                 for entry in shard for hf, shape in zip(entry.hf, entry.hf_shapes)]
+        with SafetensorsWriter(folder / name, specs, metadata={"format": "pt"}) as writer:
+            for entry in shard:
+                names = [prefixes[entry.row.part] + hf for hf in entry.hf]
+                # Same dtype and rows stored as plain runs: file-to-file copies, nothing read.
+                same_dtype = reader.dtype(entry.megatron, entry.layer) == out_dtype
+                sources = reader.row_sources(entry.megatron, entry.layer) if same_dtype else None
+                if sources is not None:
+                    shape = mapping.megatron_shape(entry)
+                    row_bytes = math.prod(shape[1:]) * out_dtype.itemsize
+                    for tensor_name, rows in zip(names, mapping.split_rows(entry, config)):
+                        writer.copy(tensor_name, _byte_runs(rows, sources, row_bytes))
+                else:
+                    fused = reader.read(entry.megatron, entry.layer)
+                    for tensor_name, tensor in zip(names, mapping.split(entry, fused, config)):
+                        writer.write(tensor_name, tensor.to(out_dtype))
+                bar.update(1)
+        if not allow_non_finite:
+            check_finite(folder / name, {prefixes[e.row.part] + hf: f"from '{e.megatron}'"
+                                         for e in shard for hf in e.hf})
+        weight_map.update(dict.fromkeys((spec[0] for spec in specs), name))
+        total += writer.data_bytes
+    bar.close()
+    return weight_map, total

@@ -17,7 +17,6 @@ projector unless ``projector`` is given, and the vision encoder when no SigLIP f
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -225,10 +224,6 @@ def fill_chunk(chunk, plan: ImportPlan) -> int:
     return copied
 
 
-def partial_path(output: Path) -> Path:
-    return output.with_name(f".{output.name}.partial")
-
-
 def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 1234) -> Path:
     """Collective: write ``plan``'s model under the current TP/PP layout to ``output``."""
     from megatron.core import parallel_state
@@ -236,29 +231,18 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
     from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.model.infimed import InfiMedModel
     from megatron_infimed.model.init import initialize_weights
-    from megatron_infimed.training.checkpoint import save_weights
+    from megatron_infimed.checkpoint.dist import save_weights
+    from megatron_infimed.checkpoint.layout import atomic_folder
 
     output = Path(output)
-    partial = partial_path(output)
-    is_rank0 = torch.distributed.get_rank() == 0
-    if output.exists():
-        raise FileExistsError(f"output {output} already exists; remove it or choose another folder")
-    try:
+    with atomic_folder(output, owner=torch.distributed.get_rank() == 0) as partial:
         parallel = ParallelConfig(tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
                                   pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size())
         chunk = InfiMedModel(plan.config, pre_process=parallel_state.is_pipeline_first_stage(),
                              post_process=parallel_state.is_pipeline_last_stage(), parallel=parallel, dtype=dtype)
         initialize_weights(chunk, seed)
         fill_chunk(chunk, plan)
-        if is_rank0 and partial.exists():  # left by a crashed earlier attempt
-            shutil.rmtree(partial)
         # The tokenizer goes where a training checkpoint keeps it, inside the checksum manifest.
         save_weights(str(partial), [chunk], tokenizer_path=plan.tokenizer_dir)
-        if is_rank0:
-            partial.rename(output)
-        torch.distributed.barrier()
-    except BaseException:
-        if is_rank0:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
+    torch.distributed.barrier()
     return output

@@ -98,18 +98,19 @@ class MegatronGenerator:
         from megatron_infimed.model.token_reduction import tokens_per_image
         from megatron_infimed.config.run import ParallelConfig
         from megatron_infimed.runtime import distributed
-        from megatron_infimed.training import checkpoint as ckpt
-        from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration
+        from megatron_infimed.checkpoint import dist as ckpt
+        from megatron_infimed.checkpoint.layout import (
+            MODEL_CONFIG, TOKENIZER_DIR, TRACKER, iteration_folder, latest_iteration,
+        )
 
         root = Path(checkpoint)
-        iteration = latest_iteration(root)
-        if iteration is None:
+        if latest_iteration(root) is None:
             raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
-        directory = iteration_dir(root, iteration)
+        directory = iteration_folder(root)
         if not torch.distributed.is_initialized():
             distributed.initialize(ParallelConfig(), seed=0)
-        self.config = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
-        self.tokenizer = load_tokenizer(directory / "tokenizer")
+        self.config = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
+        self.tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
         self.model = InfiMedModel(self.config)
         ckpt.load_weights(str(root), [self.model])
         # Built on the CPU (use_cpu_initialization); the KV cache and RoPE live on the rank's device.

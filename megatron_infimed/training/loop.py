@@ -18,13 +18,13 @@ from megatron.core import parallel_state
 
 from megatron_infimed.config.run import RunConfig
 from megatron_infimed.runtime import distributed
-from megatron_infimed.training import checkpoint
+from megatron_infimed.checkpoint import dist as checkpoint
 from megatron_infimed.training.async_save import async_calls_queue
 from megatron_infimed.training.metrics import MetricsLogger, SampleLedger, peak_tflops, step_record
 from megatron_infimed.training.run import Run, build_run
 from megatron_infimed.training.signals import StoppedBySignal, StopRequest, stop_reasons
 from megatron_infimed.training.step import Stepper
-from megatron_infimed.training.tracker import resume_point
+from megatron_infimed.checkpoint.layout import resume_point
 
 
 def train(config: RunConfig) -> dict:

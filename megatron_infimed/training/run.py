@@ -14,7 +14,7 @@ from megatron.core import parallel_state
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import RunConfig
-from megatron_infimed.training import checkpoint
+from megatron_infimed.checkpoint import dist as checkpoint
 from megatron_infimed.training.feed import StepFeed, build_source, reads_data
 from megatron_infimed.training.setup import build_model_chunks, build_optimizer, freeze, resolve_model, wrap_ddp
 

@@ -25,9 +25,9 @@ def processor(tp1_export):
 
 def _config(tp1_checkpoint):
     from megatron_infimed.config.presets import ModelConfig
-    from megatron_infimed.convert.export_hf import checkpoint_directory
+    from megatron_infimed.checkpoint.layout import iteration_folder
 
-    return ModelConfig.from_dict(json.loads((checkpoint_directory(tp1_checkpoint) / "model_config.json").read_text()))
+    return ModelConfig.from_dict(json.loads((iteration_folder(tp1_checkpoint) / "model_config.json").read_text()))
 
 
 def _png(image: Image.Image) -> bytes:
@@ -90,7 +90,7 @@ def test_processor_inputs_give_the_megatron_models_logits(processor, tp1_checkpo
     from transformers import AutoModelForImageTextToText
 
     from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
-    from megatron_infimed.training.checkpoint import load_weights
+    from megatron_infimed.checkpoint.dist import load_weights
 
     model = AutoModelForImageTextToText.from_pretrained(tp1_export, trust_remote_code=True).eval()
     megatron = InfiMedModel(_config(tp1_checkpoint))

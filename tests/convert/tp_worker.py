@@ -21,7 +21,7 @@ def main() -> None:
     from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
     from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
-    from megatron_infimed.training.checkpoint import load_weights
+    from megatron_infimed.checkpoint.dist import load_weights
 
     language, vision, checkpoint_tp2, checkpoint_tp2pp2, out = sys.argv[1:6]
     plan = plan_import(language, vision, preset="tiny")

@@ -15,7 +15,7 @@ from megatron_infimed.data.tokenizer import align_model_config, load_tokenizer, 
 from megatron_infimed.eval.generation import greedy_generate
 from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.model.init import initialize_weights
-from megatron_infimed.training.checkpoint import save_weights
+from megatron_infimed.checkpoint.dist import save_weights
 
 CONFIG = get_preset("tiny")
 

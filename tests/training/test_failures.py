@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from trainrun import read_metrics, shard_flags
 
-from megatron_infimed.training.tracker import TRACKER, latest_iteration
+from megatron_infimed.checkpoint.layout import TRACKER, latest_iteration
 
 pytestmark = pytest.mark.slow
 

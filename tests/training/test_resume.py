@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from trainrun import read_metrics, shard_flags
 
-from megatron_infimed.training.tracker import latest_iteration
+from megatron_infimed.checkpoint.layout import latest_iteration
 
 pytestmark = pytest.mark.slow
 ITERS = 8

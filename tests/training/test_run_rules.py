@@ -13,7 +13,7 @@ import pytest
 from megatron_infimed.checkpoint.integrity import MANIFEST
 from megatron_infimed.config.flags import load_config
 from megatron_infimed.training.metrics import truncate_jsonl
-from megatron_infimed.training.tracker import TRACKER, latest_iteration, resume_point, write_tracker
+from megatron_infimed.checkpoint.layout import TRACKER, latest_iteration, resume_point, write_tracker
 
 
 def make_checkpoint(root, *iterations, named=None):

@@ -1,24 +1,76 @@
-"""The checkpoint tracker: which iteration folder under a save root is the latest complete one.
+"""Where a checkpoint's files lie: the one owner of the on-disk layout (free of megatron-core, so
+tools that only read a checkpoint, such as ``infimed-convert export-hf``, do not pay its import)::
 
-Kept apart from ``checkpoint.py`` (and free of megatron-core) so that tools which only read a
-checkpoint, such as ``infimed-convert export-hf``, do not pay megatron-core's import.
+    ROOT/
+      latest_checkpointed_iteration.txt    the tracker: which iteration folder is the latest complete one
+      iter_0000020/                        ``iteration_dir(ROOT, 20)``
+        model_config.json  run_config.json  layout.json  tokenizer/  checksums.sha256  ...
+      .iter_0000040.partial/ ...           never: a hidden ``.NAME.partial`` is how ``atomic_folder``
+                                           writes a whole folder before it gets its name
+
+``dist.py`` writes and reads the tensors (megatron-core ``dist_checkpointing``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from megatron_infimed.checkpoint.integrity import MANIFEST
 
 TRACKER = "latest_checkpointed_iteration.txt"
+MODEL_CONFIG = "model_config.json"
+RUN_CONFIG = "run_config.json"
+TOKENIZER_DIR = "tokenizer"
 _ITERATION_DIR = re.compile(r"iter_(\d{7})")
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
+
+
+def iteration_folder(checkpoint: str | Path) -> Path:
+    """The iteration folder a user names: ``CKPT`` itself (it holds ``.metadata``), or the one
+    ``CKPT``'s tracker names."""
+    path = Path(checkpoint)
+    if (path / ".metadata").is_file():
+        return path
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise FileNotFoundError(f"{path} is not a checkpoint: no {TRACKER} and no .metadata")
+    return iteration_dir(path, iteration)
+
+
+def partial_folder(output: str | Path) -> Path:
+    """Where ``atomic_folder`` writes ``output`` before it is complete: a hidden sibling."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.partial")
+
+
+@contextmanager
+def atomic_folder(output: str | Path, owner: bool = True) -> Iterator[Path]:
+    """Write a whole folder under its hidden ``.NAME.partial`` name; it becomes ``output`` only when
+    the block ends without an error, and any error removes it. Under torch.distributed every rank
+    writes into the yielded folder and only the ``owner`` (rank 0) clears, renames or removes it;
+    the caller synchronises the ranks around the block."""
+    output, partial = Path(output), partial_folder(output)
+    if output.exists():
+        raise FileExistsError(f"output {output} already exists; remove it or choose another folder")
+    if owner:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crashed earlier attempt
+    try:
+        yield partial
+        if owner:
+            partial.rename(output)
+    except BaseException:
+        if owner:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def is_complete(directory: Path) -> bool:

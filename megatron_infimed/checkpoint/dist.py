@@ -35,7 +35,9 @@ from megatron_infimed.checkpoint.metadata import read_metadata
 from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
 from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.runtime import distributed
-from megatron_infimed.training.tracker import TRACKER, iteration_dir, latest_iteration, write_tracker
+from megatron_infimed.checkpoint.layout import (
+    MODEL_CONFIG, RUN_CONFIG, TOKENIZER_DIR, TRACKER, iteration_dir, latest_iteration, write_tracker,
+)
 
 
 class NonFiniteModel(ValueError):
@@ -83,7 +85,7 @@ def _write_tracker(root: str, iteration: int, directory: Path, model_config, kee
     tracker, atomically."""
     if torch.distributed.get_rank() != 0:
         return
-    (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+    (directory / MODEL_CONFIG).write_text(json.dumps(model_config.to_dict(), indent=2))
     (directory / "layout.json").write_text(json.dumps(_layout()))
     integrity.write_manifest(directory)
     write_tracker(root, iteration)
@@ -114,9 +116,9 @@ def save(root: str, run, async_queue=None) -> Path:
         dp_rank = parallel_state.get_data_parallel_rank()
         torch.save(run.feed.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
     if rank == 0:
-        (directory / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        (directory / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, default=str))
         if config.data.tokenizer and not config.data.mock_data:
-            copy_tokenizer(config.data.tokenizer, directory / "tokenizer")
+            copy_tokenizer(config.data.tokenizer, directory / TOKENIZER_DIR)
     keep_last = config.checkpoint.keep_last
     if async_queue is None:
         _commit(root, iteration, directory, run.model_config, keep_last)
@@ -196,7 +198,7 @@ def load(root: str, run) -> int:
 
 def _check_image_tokens(directory: Path, model_config) -> None:
     """The loader's buffered samples were tokenised with the saved run's image-token count."""
-    saved = ModelConfig.from_dict(json.loads((directory / "model_config.json").read_text()))
+    saved = ModelConfig.from_dict(json.loads((directory / MODEL_CONFIG).read_text()))
     before, now = tokens_per_image(saved), tokens_per_image(model_config)
     if before != now:
         raise ValueError(f"checkpoint {directory} was trained with {before} tokens per image (reduction "
@@ -236,7 +238,7 @@ def save_weights(root: str, chunks, iteration: int = 0, tokenizer_path: str | Pa
     directory = _prepare(root, iteration)
     dist_checkpointing.save(model_state(chunks), str(directory))
     if tokenizer_path is not None and torch.distributed.get_rank() == 0:
-        copy_tokenizer(tokenizer_path, directory / "tokenizer")
+        copy_tokenizer(tokenizer_path, directory / TOKENIZER_DIR)
     _commit(root, iteration, directory, chunks[0].model_config)
     return directory
 
