@@ -169,3 +169,13 @@ def resume_point(load: str | Path | None, save: str | Path | None) -> tuple[int 
         raise ValueError(f"--save {save} already holds a run's checkpoints (iteration {saved}); a new run would "
                          f"overwrite them. Pass --load {save} to resume that run, or choose another --save")
     return None, f"{note}: starting a new run"
+
+
+def pretrained_point(path: str | Path) -> int:
+    """The iteration ``--pretrained-checkpoint`` starts a new run from; a folder without a checkpoint
+    is an error (the stage that writes it has not run, or the path is wrong)."""
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise ValueError(f"--pretrained-checkpoint {path} holds no checkpoint (no {TRACKER}): train the stage "
+                         f"that writes it first, or point at another checkpoint")
+    return iteration

@@ -24,14 +24,18 @@ from megatron_infimed.training.metrics import MetricsLogger, SampleLedger, peak_
 from megatron_infimed.training.run import Run, build_run
 from megatron_infimed.training.signals import StoppedBySignal, StopRequest, stop_reasons
 from megatron_infimed.training.step import Stepper
-from megatron_infimed.checkpoint.layout import resume_point
+from megatron_infimed.checkpoint.layout import pretrained_point, resume_point
 
 
 def train(config: RunConfig) -> dict:
     """Run (or resume) a training run; returns the last logged metrics record. Raises
     ``StoppedBySignal`` after a stop asked for by a signal."""
     ckpt = config.checkpoint
-    resume, note = resume_point(ckpt.load, ckpt.save)  # before any process group: a bad --load fails fast
+    # Before any process group starts, so that a wrong folder fails fast and in one line.
+    resume, note = resume_point(ckpt.load, ckpt.save)
+    if resume is None and ckpt.pretrained_checkpoint:
+        note += f" from the weights of iteration {pretrained_point(ckpt.pretrained_checkpoint)} of " \
+                f"{ckpt.pretrained_checkpoint}"
     distributed.initialize(config.parallel, config.optim.seed)
     stop = StopRequest()
     try:

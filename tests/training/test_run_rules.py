@@ -165,3 +165,13 @@ def test_a_second_sigint_aborts_at_once():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         stop.restore()
+
+
+def test_a_pretrained_checkpoint_without_a_tracker_is_an_error(tmp_path):
+    from megatron_infimed.checkpoint.layout import pretrained_point
+
+    (tmp_path / "stage2").mkdir()
+    with pytest.raises(ValueError, match=r"--pretrained-checkpoint .*stage2 holds no checkpoint"):
+        pretrained_point(tmp_path / "stage2")
+    make_checkpoint(tmp_path / "stage1", 30)
+    assert pretrained_point(tmp_path / "stage1") == 30
