@@ -1,13 +1,17 @@
 # shellcheck shell=bash
 # Shared body of launch/{pretrain,stage1,stage2,stage3}.sh: sourced by a stage script, which sets
-# STAGE and PREV_STAGE and calls `launch_stage "$@"`. See docs/launch.md.
+# STAGE (and PREV_STAGE, the stage whose weights it starts from) and calls `launch_stage "$@"`.
+# See docs/launch.md.
 #
 #   inside a SLURM job (SLURM_JOB_ID set)   srun, one task per node -> launch/node.sh -> torchrun,
 #                                           c10d rendezvous on the first host of the allocation
 #   outside SLURM (plain `bash`)            launch/node.sh -> torchrun --standalone, one node
 #
 # Every setting is an environment variable with a default; arguments to the stage script are
-# appended to the trainer's flags and win over everything else.
+# appended to the trainer's flags and win over everything else. Only what must be shell lives
+# here: the roots, srun, signal forwarding and the requeue. Python owns the rest: the configs
+# expand ${DATA_ROOT} / ${CKPT_ROOT} themselves, megatron_infimed.runtime.rendezvous finds the
+# endpoint, and the trainer decides between resuming and starting from pretrained weights.
 
 # --- where things are ------------------------------------------------------------------------
 # The repository holds this file (the stage script found it, from the submit folder under sbatch).
@@ -16,22 +20,6 @@ resolve_repo_dir() {
         printf '%s\n' "$REPO_DIR"
     else
         (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    fi
-}
-
-# First host of a SLURM node list: scontrol when present, else the same rule in bash
-# (`gpu-[003-005,9],cpu1` -> `gpu-003`).
-first_host() {
-    local nodelist=$1 hosts pattern='^([^,[]+)(\[([^],-]+))?'
-    if command -v scontrol >/dev/null 2>&1; then
-        # A variable, not `| head`: head closing the pipe early would fail under pipefail.
-        hosts=$(scontrol show hostnames "$nodelist")
-        printf '%s\n' "${hosts%%$'\n'*}"
-    elif [[ $nodelist =~ $pattern ]]; then
-        printf '%s\n' "${BASH_REMATCH[1]}${BASH_REMATCH[3]}"
-    else
-        echo "launch: cannot parse SLURM_JOB_NODELIST '$nodelist'" >&2
-        return 1
     fi
 }
 
@@ -49,10 +37,6 @@ detect_gpus() {
 # Paths are made absolute once, so every node, container mount and log line means the same folder.
 absolute() {
     if [[ "$1" == /* ]]; then printf '%s\n' "$1"; else printf '%s\n' "$PWD/$1"; fi
-}
-
-has_checkpoint() {
-    [[ -f "$1/latest_checkpointed_iteration.txt" ]]
 }
 
 die() {
@@ -95,27 +79,15 @@ configure() {
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 }
 
-# The previous stage's weights: PRETRAINED_CHECKPOINT, else CKPT_ROOT/PREV_STAGE. Pretrain's
-# predecessor (imported Hugging Face weights) is optional: without it the config decides.
-resolve_pretrained() {
-    PRETRAINED=$(absolute "${PRETRAINED_CHECKPOINT:-$CKPT_ROOT/$PREV_STAGE}")
-    if has_checkpoint "$PRETRAINED"; then
-        return
-    fi
-    if [[ -n "${PRETRAINED_CHECKPOINT:-}" ]]; then
-        die "PRETRAINED_CHECKPOINT=$PRETRAINED_CHECKPOINT holds no checkpoint (no latest_checkpointed_iteration.txt)"
-    fi
-    if [[ "$STAGE" == pretrain ]] || has_checkpoint "$SAVE_DIR"; then
-        PRETRAINED=""  # pretrain: the config's own setting; a resumed stage: --load wins anyway
-        return
-    fi
-    die "$STAGE starts from $PRETRAINED, which holds no checkpoint:" \
-        "run launch/$PREV_STAGE.sh first, or set PRETRAINED_CHECKPOINT"
-}
-
 train_flags() {
     FLAGS=(--save "$SAVE_DIR" --load "$SAVE_DIR" --run-dir "$RUN_DIR")
-    [[ -n "$PRETRAINED" ]] && FLAGS+=(--pretrained-checkpoint "$PRETRAINED")
+    # The weights a new run starts from. The trainer refuses a folder without a checkpoint and
+    # ignores this when --load resumes; pretrain (no PREV_STAGE) keeps its config's setting.
+    if [[ -n "${PRETRAINED_CHECKPOINT:-}" ]]; then
+        FLAGS+=(--pretrained-checkpoint "$(absolute "$PRETRAINED_CHECKPOINT")")
+    elif [[ -n "${PREV_STAGE:-}" ]]; then
+        FLAGS+=(--pretrained-checkpoint "$CKPT_ROOT/$PREV_STAGE")
+    fi
     [[ -n "${TP:-}" ]] && FLAGS+=(--tensor-model-parallel-size "$TP")
     [[ -n "${PP:-}" ]] && FLAGS+=(--pipeline-model-parallel-size "$PP")
     [[ -n "${TOKENIZER:-}" ]] && FLAGS+=(--tokenizer "$TOKENIZER")
@@ -183,27 +155,18 @@ run_forwarding_signals() {
 
 launch_stage() {
     configure
-    resolve_pretrained
     train_flags
     FLAGS+=("$@")
     mkdir -p "$RUN_DIR" "$CKPT_ROOT"
 
     local node_cmd=(bash "$REPO_DIR/launch/node.sh" "${FLAGS[@]}")
     if (( IN_SLURM )); then
-        RDZV_HOST=${RDZV_HOST:-$(first_host "${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set}")}
-        # Derived from the job id: a requeued job reuses it, concurrent jobs differ.
-        RDZV_PORT=${RDZV_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-        export RDZV_HOST RDZV_PORT RDZV_ID=$SLURM_JOB_ID
         srun_command
         node_cmd=("${SRUN[@]}" "${node_cmd[@]}")
     fi
-    export IN_SLURM NODES GPUS_PER_NODE CONFIG DATA_ROOT CKPT_ROOT PRESET PYTHON
+    # For node.sh on every node; DATA_ROOT and CKPT_ROOT also fill the configs' ${...} input paths.
+    export IN_SLURM NODES GPUS_PER_NODE CONFIG DATA_ROOT CKPT_ROOT PYTHON
 
-    if has_checkpoint "$SAVE_DIR"; then
-        echo "launch[$STAGE]: resuming from $SAVE_DIR (iteration $(<"$SAVE_DIR/latest_checkpointed_iteration.txt"))"
-    elif [[ -n "$PRETRAINED" ]]; then
-        echo "launch[$STAGE]: starting from the weights in $PRETRAINED"
-    fi
     echo "launch[$STAGE]: preset $PRESET, $NODES node(s) x $GPUS_PER_NODE process(es), config $CONFIG"
     echo "launch[$STAGE]: $(printf '%q ' "${node_cmd[@]}")"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pretrain (alignment): projector on caption data, from imported Hugging Face weights when CKPT_ROOT/hf-init exists.
+# Pretrain (alignment): projector on caption data, from the weights its config names (big presets:
+# the imported Hugging Face weights in CKPT_ROOT/hf-init; tiny: random init) or PRETRAINED_CHECKPOINT.
 # Submit: sbatch launch/pretrain.sh [trainer flags]; dry run on this machine: bash launch/pretrain.sh.
 # Environment variables and resume behaviour: docs/launch.md.
 #SBATCH --job-name=infimed-pretrain
@@ -14,8 +15,7 @@
 #SBATCH --signal=B:USR1@120
 set -euo pipefail
 
-STAGE=pretrain
-PREV_STAGE=hf-init
+STAGE=pretrain  # no PREV_STAGE: the first stage
 # sbatch runs a copy of this file from its spool folder: find common.sh from the submit folder.
 LAUNCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [[ -f "$LAUNCH_DIR/common.sh" ]] || LAUNCH_DIR=${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}/launch

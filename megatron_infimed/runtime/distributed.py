@@ -31,15 +31,31 @@ class WorldInfo:
     master_port: int
 
 
+# The first entry of a host list: names and bracketed ranges up to the first comma outside brackets.
+_FIRST_HOSTLIST_ENTRY = re.compile(r"(?:[^,\[\]\s]+|\[[^\[\]]+\])+")
+
+
 def first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM node list: ``gpu-[003-005,9],cpu1`` → ``gpu-003``."""
-    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not match:
-        raise ValueError(f"cannot parse SLURM_JOB_NODELIST '{nodelist}'")
-    prefix, _, ranges = match.groups()
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    """First host of a SLURM node list, the one ``scontrol show hostnames`` lists first.
+
+    ``gpu-[003-005,9],cpu1`` → ``gpu-003``; ``node7,node8`` → ``node7``; ``a[12]`` → ``a12``;
+    ``rack[1-2]-n[07-08]`` → ``rack1-n07`` (each bracket gives its first number, zero padding kept).
+    Pure string rules, no scontrol, so every node and container derives the same host.
+    """
+    text = nodelist.strip()
+    first = _FIRST_HOSTLIST_ENTRY.match(text)
+    if not first or text[first.end():first.end() + 1] not in ("", ","):
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}: expected a SLURM host list "
+                         f"such as gpu-[003-005,9],cpu1")
+    return re.sub(r"\[([^\]]+)\]", lambda ranges: re.split(r"[,-]", ranges.group(1))[0], first.group(0))
+
+
+def slurm_job_port(job_id: str | int) -> int:
+    """The rendezvous port of SLURM job ``job_id``: ``20000 + job_id % 20000``. Every task derives it
+    alone, a requeued job keeps it, and jobs that share a node differ (unless their ids are 20000 apart)."""
+    if not str(job_id).strip().isdigit():
+        raise ValueError(f"SLURM_JOB_ID {job_id!r} is not a job number")
+    return 20000 + int(job_id) % 20000
 
 
 def _free_port() -> int:
@@ -57,8 +73,7 @@ def world_from_env(env: dict[str, str] | None = None) -> WorldInfo:
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
         if not nodelist:
             raise ValueError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not; cannot find the master host")
-        # A port derived from the job id lets every task agree without talking first.
-        port = int(env.get("MASTER_PORT", 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        port = int(env.get("MASTER_PORT") or slurm_job_port(env.get("SLURM_JOB_ID", "0")))
         return WorldInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          env.get("MASTER_ADDR", first_slurm_host(nodelist)), port)
     return WorldInfo(0, 1, 0, "127.0.0.1", _free_port())

@@ -21,14 +21,10 @@ printf 'srun %s\\n' "$*" >> "$FAKE_SLURM_LOG"
 while [[ $# -gt 0 && $1 == -* ]]; do shift; done
 exec "$@"
 """
-# scontrol: record the call; `show hostnames` expands a plain comma list.
+# scontrol: record the call; the launcher only ever asks it to requeue.
 FAKE_SCONTROL = """#!/usr/bin/env bash
 printf 'scontrol %s\\n' "$*" >> "$FAKE_SLURM_LOG"
-case "$1 $2" in
-  "show hostnames") tr ',' '\\n' <<< "$3" ;;
-  "requeue "*) ;;
-  *) echo "fake scontrol: unsupported: $*" >&2; exit 1 ;;
-esac
+[[ "$1" == requeue ]] || { echo "fake scontrol: unsupported: $*" >&2; exit 1; }
 """
 # Flags that make a tiny-preset stage a seconds-long CPU run.
 CPU_FLAGS = ["--mock-data", "--seq-length", "128", "--global-batch-size", "2", "--log-interval", "1"]
@@ -55,7 +51,8 @@ class LaunchSite:
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("SLURM_", "PET_", "TORCHELASTIC_")) and k not in
                 ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRESET", "CONFIG",
-                 "NODES", "GPUS_PER_NODE", "TP", "PP", "EXTRA_ARGS", "CONTAINER_IMAGE", "TOKENIZER")}
+                 "NODES", "GPUS_PER_NODE", "TP", "PP", "EXTRA_ARGS", "CONTAINER_IMAGE", "TOKENIZER",
+                 "PRETRAINED_CHECKPOINT", "RDZV_HOST")}
         env = {**base, "PATH": f"{self.fake_bin}:{Path(sys.executable).parent}:{base.get('PATH', '')}",
                "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
                "PRESET": "tiny", "CKPT_ROOT": str(self.ckpt_root), "RUN_ROOT": str(self.run_root),
@@ -87,6 +84,6 @@ def make_site(root: Path) -> LaunchSite:
     data_root = root / "data"
     data_root.mkdir()
     # --mock-data never reads the tokenizer, but a checkpoint copies the configured one, so the
-    # tiny configs' data/prepared/tokenizer.model (rebased onto DATA_ROOT) must exist.
+    # tiny configs' ${DATA_ROOT}/tokenizer.model must exist.
     (data_root / "tokenizer.model").write_bytes(b"placeholder")
     return LaunchSite(root, root / "checkpoints", root / "runs", data_root, fake_bin, root / "slurm-calls.log")

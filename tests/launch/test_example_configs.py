@@ -1,17 +1,18 @@
 """The per-stage example configs: every file loads through the trainer's own parser, and the
 stages follow the recipe: pretrain aligns a projector between frozen encoders on few image
 tokens, stage1-3 fine-tune from the previous stage's weights, stage3 blends medical, shifted
-and replayed general data."""
+and replayed general data. Their inputs sit under ${DATA_ROOT} and ${CKPT_ROOT}, whose defaults
+are the layout of docs/launch.md; the outputs are the launcher's to set."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from megatron_infimed.config.presets import get_preset
-from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.config.flags import flat_name, load_config
+from megatron_infimed.config.presets import get_preset
 from megatron_infimed.config.run import SECTIONS, RunConfig
+from megatron_infimed.model.token_reduction import tokens_per_image
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRESETS = ("tiny", "infimed-1.7b", "infimed-4b")
@@ -28,6 +29,13 @@ def path_of(preset: str, stage: str) -> Path:
 def load(preset: str, stage: str) -> RunConfig:
     config, _ = load_config(["--config", str(path_of(preset, stage))])
     return config
+
+
+@pytest.fixture(autouse=True)
+def default_roots(monkeypatch):
+    """The configs as read without the launcher: DATA_ROOT and CKPT_ROOT unset, their defaults apply."""
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    monkeypatch.delenv("CKPT_ROOT", raising=False)
 
 
 def test_the_examples_folder_holds_exactly_the_twelve_stage_configs():
@@ -56,7 +64,8 @@ def test_numbers_are_numbers_not_strings(preset, stage):
     # YAML 1.1 reads `1e-3` as a string; the configs must write `1.0e-3`.
     config = load(preset, stage)
     assert all(isinstance(v, float) for v in (config.optim.lr, config.optim.min_lr))
-    assert all(isinstance(v, int) for v in (config.optim.train_iters, config.optim.lr_warmup_iters, config.batch.seq_length))
+    assert all(isinstance(v, int)
+               for v in (config.optim.train_iters, config.optim.lr_warmup_iters, config.batch.seq_length))
 
 
 @pytest.mark.parametrize("preset,stage", ALL)
@@ -76,13 +85,15 @@ def test_learning_rate_falls_from_stage_to_stage(preset):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_pretrain_trains_only_the_projector(preset):
     config = load(preset, "pretrain")
-    assert (config.model.freeze_vision, config.model.freeze_projector, config.model.freeze_language) == (True, False, True)
+    model = config.model
+    assert (model.freeze_vision, model.freeze_projector, model.freeze_language) == (True, False, True)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_stage1_unfreezes_language_and_keeps_vision_frozen(preset):
     config = load(preset, "stage1")
-    assert (config.model.freeze_vision, config.model.freeze_projector, config.model.freeze_language) == (True, False, False)
+    model = config.model
+    assert (model.freeze_vision, model.freeze_projector, model.freeze_language) == (True, False, False)
 
 
 @pytest.mark.parametrize("preset,stage", [(p, s) for p in PRESETS for s in ("stage2", "stage3")])
@@ -175,3 +186,44 @@ def test_global_batch_splits_evenly_over_one_to_sixteen_h100_nodes(preset, stage
     for nodes in (1, 2, 4, 8, 16):
         data_parallel = nodes * GPUS_PER_NODE // model_parallel
         assert config.batch.global_batch_size % (config.batch.micro_batch_size * data_parallel) == 0, nodes
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_data_root_moves_every_data_path_and_keeps_the_blend(preset, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/lustre/prepared")
+    data = load(preset, "stage3").data
+    assert dict(zip(data.paths, data.weights)) == {"/lustre/prepared/medical": 0.5, "/lustre/prepared/shifted": 0.3,
+                                                   "/lustre/prepared/general": 0.2}
+
+
+def test_data_root_moves_the_tiny_tokenizer(monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/lustre/prepared")
+    assert load("tiny", "stage1").data.tokenizer == "/lustre/prepared/tokenizer.model"
+
+
+@pytest.mark.parametrize("preset", BIG)
+def test_ckpt_root_moves_the_imported_weights_and_their_tokenizer(preset, monkeypatch):
+    monkeypatch.setenv("CKPT_ROOT", "/lustre/ckpt")
+    config = load(preset, "pretrain")
+    assert config.checkpoint.pretrained_checkpoint == "/lustre/ckpt/hf-init"
+    assert config.data.tokenizer == "/lustre/ckpt/hf-init/iter_0000000/tokenizer"
+
+
+@pytest.mark.parametrize("preset,stage,previous", [(p, "stage2", "stage1") for p in PRESETS])
+def test_ckpt_root_moves_the_previous_stage_but_not_the_outputs(preset, stage, previous, monkeypatch):
+    monkeypatch.setenv("CKPT_ROOT", "/lustre/ckpt")
+    monkeypatch.setenv("DATA_ROOT", "/lustre/prepared")
+    config = load(preset, stage)
+    assert config.checkpoint.pretrained_checkpoint == f"/lustre/ckpt/{previous}"
+    # Outputs stay the config's placeholders: the launcher passes --save, --load and --run-dir.
+    assert config.checkpoint.save == f"checkpoints/{preset}/{stage}"
+    assert config.logging.run_dir == f"runs/{preset}/{stage}"
+
+
+@pytest.mark.parametrize("preset,stage", ALL)
+def test_every_input_sits_under_data_root_or_ckpt_root(preset, stage, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/data-root")
+    monkeypatch.setenv("CKPT_ROOT", "/ckpt-root")
+    config = load(preset, stage)
+    inputs = [*config.data.paths, config.data.tokenizer, config.checkpoint.pretrained_checkpoint]
+    assert all(p.startswith(("/data-root/", "/ckpt-root/")) for p in inputs if p is not None), inputs
