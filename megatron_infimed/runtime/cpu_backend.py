@@ -9,6 +9,9 @@ megatron-core assumes CUDA in three ways, and each is answered here:
 | the "CUDA" RNG tracker forks a GPU generator | the fork runs on the CPU default generator, so       |
 |                                             | ``tracker.fork()`` still gives a separate stream      |
 | ``torch.cuda.synchronize`` / events exist    | no-ops                                               |
+| the optimizers check ``param.type()`` for    | a CPU tensor's ``type()`` reads as its CUDA twin      |
+| ``torch.cuda.{Float,Half,BFloat16}Tensor``   | (``torch.cuda.BFloat16Tensor``), so megatron's mixed- |
+|                                             | precision and distributed optimizers run as on a GPU  |
 | grad clipping asserts CUDA float tensors     | the same in-place scaling without the assertion       |
 | batched p2p relies on NCCL's message pairing | unbatched p2p (``config_overrides``)                  |
 
@@ -43,6 +46,9 @@ class _CudaToCpuMode(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func in (torch.Tensor.cuda,):
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs["device"] = "cpu"
         if func in (torch.Tensor.to,) and len(args) > 1 and _is_cuda_device(args[1]):
