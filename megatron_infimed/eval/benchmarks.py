@@ -21,16 +21,27 @@ the same field rules. What evaluation adds:
   how many there are: a score over part of a benchmark is not comparable. So does text that is not
   UTF-8, which the readers keep as lone surrogates.
 
+- **Categories** for ``by_category`` in results.json: the labels the release carries, under the
+  release's own field names (``CATEGORY_FIELDS``). A question without a label is left out of that
+  field's breakdown only. VQA-RAD's two-type labels ("POS, PRES") stay one category, as labelled.
+
+| name     | category (row attribute)                                                     |
+|----------|------------------------------------------------------------------------------|
+| vqa_rad  | answer_type, question_type, image_organ (``organ``: head / chest / abdomen)  |
+| slake    | modality, location (``organ``, lower case)                                   |
+| pathvqa  | answer_type (when the file carries it)                                       |
+
 ``load_benchmark`` then checks every image once and marks unusable ones as skipped (see
 ``questions.py``). Image paths follow the one image-folder rule of ``megatron_infimed.datasets.files``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from megatron_infimed.datasets import RELEASES, ReleaseFileError, ReleaseRow
 from megatron_infimed.datasets.entries import OPTION_LETTERS, Entry, EntryError
@@ -69,6 +80,19 @@ def _choice(row: PmcVqaRow | OmniMedVqaRow) -> Question:
                     image=row.image)
 
 
+# release -> {category name in results.json: row attribute holding it}
+CATEGORY_FIELDS: dict[str, dict[str, str]] = {
+    "vqa_rad": {"answer_type": "answer_type", "question_type": "question_type", "image_organ": "organ"},
+    "slake": {"modality": "modality", "location": "organ"},
+    "pathvqa": {"answer_type": "answer_type"},
+}
+
+
+def _categories(name: str, row: ReleaseRow) -> dict[str, str]:
+    labels = {category: getattr(row, attribute) for category, attribute in CATEGORY_FIELDS.get(name, {}).items()}
+    return {category: label for category, label in labels.items() if label is not None}
+
+
 # release -> how one of its rows is asked and scored
 QUESTION_OF_ROW: dict[str, Callable[[Any], Question]] = {
     "vqa_rad": _typed_by_gold,
@@ -103,7 +127,7 @@ def _read_release(name: str, path: Path, *, image_root=None, **selection: str) -
         raise BenchmarkFormatError(malformed[0].detail + in_all)
     questions = []
     for row in read.rows:
-        question = QUESTION_OF_ROW[name](row)
+        question = replace(QUESTION_OF_ROW[name](row), categories=_categories(name, row))
         bad_field = _not_utf8(question)
         if bad_field:
             raise BenchmarkFormatError(f"{row.where}: {bad_field} is not valid UTF-8 text")

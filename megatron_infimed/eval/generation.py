@@ -34,7 +34,7 @@ def greedy_generate(model, prompts: list[torch.Tensor], images: list[torch.Tenso
     for i, prompt in enumerate(prompts):
         groups[len(prompt)].append(i)
     results: list[list[int]] = [[] for _ in prompts]
-    for length, members in groups.items():
+    for members in groups.values():
         tokens = torch.stack([prompts[i] for i in members]).to(device)
         pixels = torch.cat([images[i] for i in members]).to(device) if members else None
         step = _decode_cached if use_cache else _decode_recompute
@@ -91,17 +91,21 @@ class MegatronGenerator:
     """A checkpoint loaded into one process for evaluation (weights resharded to TP=1, PP=1)."""
 
     def __init__(self, checkpoint: str | Path):
+        from megatron_infimed.checkpoint import dist as ckpt
+        from megatron_infimed.checkpoint.layout import (
+            MODEL_CONFIG,
+            TOKENIZER_DIR,
+            TRACKER,
+            iteration_folder,
+            latest_iteration,
+        )
         from megatron_infimed.config.presets import ModelConfig
+        from megatron_infimed.config.run import ParallelConfig
         from megatron_infimed.data.images import ImagePreprocessor
         from megatron_infimed.data.tokenizer import load_tokenizer
         from megatron_infimed.model.infimed import InfiMedModel
         from megatron_infimed.model.token_reduction import tokens_per_image
-        from megatron_infimed.config.run import ParallelConfig
         from megatron_infimed.runtime import distributed
-        from megatron_infimed.checkpoint import dist as ckpt
-        from megatron_infimed.checkpoint.layout import (
-            MODEL_CONFIG, TOKENIZER_DIR, TRACKER, iteration_folder, latest_iteration,
-        )
 
         root = Path(checkpoint)
         if latest_iteration(root) is None:

@@ -22,9 +22,9 @@ Blank lines are allowed; other keys are ignored, so a ``predictions.jsonl`` writ
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from megatron_infimed.eval.questions import IMAGE_MISSING, IMAGE_UNREADABLE, jsonl_records
 

@@ -10,6 +10,9 @@ three types that pick the scoring rule:
 | open     | free text                    | normalised exact match + token-set recall/prec./F1  |
 | choice   | an option letter, e.g. "B"   | extracted letter (or option text) equals the gold    |
 
+``categories`` holds the release's own labels that results break accuracy down by
+(``by_category`` in results.json); which labels each release has is ``benchmarks.CATEGORY_FIELDS``.
+
 Images are checked once, when a benchmark is loaded: a question whose image is missing or cannot
 be decoded keeps its place in the list with ``skip_reason`` set, so it is counted as skipped and
 never scored, rather than silently disappearing.
@@ -18,9 +21,10 @@ never scored, rather than silently disappearing.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from typing import Literal
 
 from PIL import Image
 
@@ -41,6 +45,7 @@ class Question:
     options: Mapping[str, str] = field(default_factory=dict)  # letter -> option text, in order
     image: Path | None = None  # None: a text-only question
     skip_reason: str | None = None  # IMAGE_MISSING / IMAGE_UNREADABLE, or None when scorable
+    categories: Mapping[str, str] = field(default_factory=dict)  # {"image_organ": "chest", ...}: by_category
 
     def __post_init__(self) -> None:
         if self.type not in QUESTION_TYPES:

@@ -7,15 +7,15 @@ per question in the batch, in order. Skipped questions (unusable image) are neve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm import tqdm
 
 from megatron_infimed.eval.predictions import read_predictions
 from megatron_infimed.eval.questions import Question
-from megatron_infimed.eval.report import Evaluation, evaluate, write_report
+from megatron_infimed.eval.report import Evaluation, ScoringConfig, evaluate, write_report
 
 AnswerFn = Callable[[list[Question]], list[str]]
 
@@ -29,8 +29,9 @@ def run_benchmark(
     limit: int | None = None,
     progress: bool = True,
     benchmark: str | None = None,
+    config: ScoringConfig | None = None,
 ) -> dict:
-    """Answer ``questions`` in batches, score them, write the report; returns results.json's dict.
+    """Answer ``questions`` in batches, score them by ``config``, write the report; returns results.json's dict.
 
     ``limit`` keeps the first ``limit`` questions in benchmark order, skipped ones included, so a
     limited run covers the same questions whatever the images' state.
@@ -53,7 +54,7 @@ def run_benchmark(
                 )
             predictions.update((q.id, a) for q, a in zip(batch, answers))
             bar.update(len(batch))
-    return _finish(evaluate(questions, predictions, benchmark=benchmark), output_dir)
+    return _finish(evaluate(questions, predictions, benchmark=benchmark, config=config), output_dir)
 
 
 def score_predictions(
@@ -62,8 +63,9 @@ def score_predictions(
     output_dir: str | Path,
     *,
     benchmark: str | None = None,
+    config: ScoringConfig | None = None,
 ) -> dict:
-    """Score an existing predictions JSONL against ``questions``; returns results.json's dict.
+    """Score an existing predictions JSONL against ``questions`` by ``config``; returns results.json's dict.
 
     A question the file marks as skipped (a run's line for an unusable image) stays skipped, so a
     run's predictions score the same again where its images are not at hand.
@@ -71,7 +73,7 @@ def score_predictions(
     predictions = read_predictions(predictions_path, (q.id for q in questions))
     questions = [q if q.skip_reason or q.id not in predictions.skipped
                  else replace(q, skip_reason=predictions.skipped[q.id]) for q in questions]
-    return _finish(evaluate(questions, predictions.answers, benchmark=benchmark), output_dir)
+    return _finish(evaluate(questions, predictions.answers, benchmark=benchmark, config=config), output_dir)
 
 
 def _finish(evaluation: Evaluation, output_dir: str | Path) -> dict:

@@ -20,8 +20,8 @@ A missing prediction (``None``) is wrong and scores zero on every metric.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from megatron_infimed.eval.questions import Question
 

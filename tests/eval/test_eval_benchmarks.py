@@ -75,7 +75,8 @@ def test_several_malformed_records_fail_naming_the_first_and_counting_the_rest(t
     records = [vqa_rad_record(1, "test_para", "yes"), vqa_rad_record(2, "test_para", None),
                vqa_rad_record(3, "test_para", None), vqa_rad_record(4, "test_para", None)]
     path = write_json(tmp_path / "vqa.json", records)
-    with pytest.raises(BenchmarkFormatError, match=r"record 1 \(qid 2\): missing field 'answer'; 3 malformed entries in all"):
+    message = r"record 1 \(qid 2\): missing field 'answer'; 3 malformed entries in all"
+    with pytest.raises(BenchmarkFormatError, match=message):
         load_benchmark("vqa_rad", path)
 
 
@@ -137,6 +138,14 @@ def test_slake_question_without_answer_type_fails_since_it_decides_the_type(tmp_
         load_benchmark("slake", path)
 
 
+def test_slake_questions_carry_modality_and_location(tmp_path):
+    write_image(tmp_path / "imgs" / "xmlab1" / "source.jpg", "JPEG")
+    labelled = {**slake_record(1, "en", "Yes", "CLOSED"), "modality": "CT", "location": "Lung"}
+    path = write_json(tmp_path / "test.json", [labelled, slake_record(2, "en", "No", "CLOSED")])
+    first, unlabelled = load_benchmark("slake", path)
+    assert (dict(first.categories), dict(unlabelled.categories)) == ({"modality": "CT", "location": "lung"}, {})
+
+
 # --- pathvqa ------------------------------------------------------------------------------------
 
 
@@ -149,6 +158,24 @@ def test_pathvqa_id_is_qid_when_present_else_the_index(tmp_path):
     ])
     questions = load_benchmark("pathvqa", path)
     assert [(q.id, q.type) for q in questions] == [("0", "closed"), ("p7", "open"), ("2", "closed")]
+
+
+def test_pathvqa_questions_carry_answer_type_when_the_file_has_it(tmp_path):
+    write_image(tmp_path / "a.png")
+    path = write_json(tmp_path / "pathvqa.json", [
+        {"image": "a.png", "question": "q?", "answer": "no", "answer_type": "yes/no"},
+        {"image": "a.png", "question": "q?", "answer": "hering"},
+    ])
+    assert [dict(q.categories) for q in load_benchmark("pathvqa", path)] == [{"answer_type": "YES/NO"}, {}]
+
+
+def test_vqa_rad_questions_carry_answer_type_question_type_and_organ(tmp_path):
+    write_image(tmp_path / "images" / "img1.jpg", "JPEG")
+    record = {**vqa_rad_record("0", "test_freeform", "Yes", "CLOSED "), "question_type": "POS, PRES",
+              "image_organ": "ABD"}
+    (question,) = load_benchmark("vqa_rad", write_json(tmp_path / "vqa.json", [record]))
+    assert dict(question.categories) == {"answer_type": "CLOSED", "question_type": "POS, PRES",
+                                         "image_organ": "abdomen"}
 
 
 # --- pmc_vqa ------------------------------------------------------------------------------------

@@ -104,3 +104,48 @@ def test_empty_predictions_file_exits_2_naming_it(bench, tmp_path, capsys):
     assert code == 2
     assert f"{predictions} holds no predictions" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def score_cli(bench, tmp_path, answers, *flags):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": a}) + "\n" for i, a in answers.items()))
+    code = evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench), "--predictions", str(predictions),
+                          "--output", str(tmp_path / "out"), *flags])
+    assert code == 0
+    return json.loads((tmp_path / "out" / "results.json").read_text()), (tmp_path / "out" / "results.md").read_text()
+
+
+ANSWERS = {1: "Yes", 2: "Not sure", 3: "no"}  # golds: yes, no, yes
+
+
+def test_score_is_strict_by_default(bench, tmp_path):
+    results, markdown = score_cli(bench, tmp_path, ANSWERS)
+    # strict: "Not sure" names neither word -> only question 1 right.
+    assert (results["scoring"], results["closed_accuracy"]) == ("strict", 1 / 3)
+    assert "Scoring: strict." in markdown
+
+
+def test_score_with_medevalkit_scoring(bench, tmp_path):
+    results, markdown = score_cli(bench, tmp_path, ANSWERS, "--scoring", "medevalkit")
+    # MedEvalKit: "Not sure" holds the substring "no" -> questions 1 and 2 right.
+    assert (results["scoring"], results["closed_accuracy"]) == ("medevalkit", 2 / 3)
+    assert "Scoring: medevalkit." in markdown
+
+
+def test_bootstrap_flags_reach_results(bench, tmp_path):
+    results, _ = score_cli(bench, tmp_path, ANSWERS, "--bootstrap", "200", "--bootstrap-seed", "5")
+    assert results["bootstrap"] == {"resamples": 200, "seed": 5, "level": 0.95}
+    low, high = results["ci95"]["closed_accuracy"]
+    assert low <= 1 / 3 <= high
+
+
+def test_bootstrap_zero_omits_intervals(bench, tmp_path):
+    results, _ = score_cli(bench, tmp_path, ANSWERS, "--bootstrap", "0")
+    assert "ci95" not in results and results["bootstrap"]["resamples"] == 0
+
+
+def test_negative_bootstrap_exits_2_naming_it(bench, tmp_path, capsys):
+    code = evaluate.main(["score", "--benchmark", "jsonl", "--data", str(bench), "--predictions", "p",
+                          "--output", str(tmp_path / "out"), "--bootstrap", "-1"])
+    assert code == 2
+    assert "bootstrap must be 0 (no intervals) or a number of resamples, got -1" in capsys.readouterr().err

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from megatron_infimed.checkpoint.dist import save_weights
 from megatron_infimed.cli import evaluate
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.data.tokenizer import align_model_config, load_tokenizer, train_sentencepiece
 from megatron_infimed.eval.generation import greedy_generate
 from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.model.init import initialize_weights
-from megatron_infimed.checkpoint.dist import save_weights
 
 CONFIG = get_preset("tiny")
 

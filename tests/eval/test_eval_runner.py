@@ -32,8 +32,9 @@ def test_run_with_always_yes_gives_hand_computed_results(tmp_path):
     results = run_benchmark(QUESTIONS, always_yes, tmp_path, progress=False, benchmark="toy")
     # closed: c1 yes ok, c2 no wrong, c3 yes ok -> 2/3; open o1 "yes" vs "left lung" -> 0 everywhere;
     # overall = (2 + 0) / 4 scored questions (s1 skipped).
-    assert results == {
+    expected = {
         "benchmark": "toy",
+        "scoring": "strict",
         "closed_accuracy": pytest.approx(2 / 3),
         "open_exact_match": 0.0,
         "open_token_recall": 0.0,
@@ -49,6 +50,8 @@ def test_run_with_always_yes_gives_hand_computed_results(tmp_path):
         "n_missing_predictions": 0,
         "skipped": {"image_missing": 1},
     }
+    assert {key: results[key] for key in expected} == expected
+    assert set(results) - set(expected) == {"bootstrap", "ci95", "by_category"}  # see test_eval_uncertainty.py
 
 
 def test_run_writes_one_prediction_line_per_question(tmp_path):
