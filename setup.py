@@ -18,7 +18,8 @@ setup(
         # No upper pin: clusters bring their own CUDA build of torch.
         "torch>=2.6",
         "megatron-core==0.16.1",
-        "numpy",
+        # np.bitwise_count (benchmark decontamination) is numpy 2.0+.
+        "numpy>=2",
         "sentencepiece",
         "tokenizers",
         "webdataset",
@@ -38,7 +39,7 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         "wandb": ["wandb"],
         "dicom": ["pydicom"],
-        "test": ["pytest", "hypothesis", "pydicom"],
+        "test": ["pytest", "hypothesis", "pydicom", "ruff"],
     },
     entry_points={
         "console_scripts": [

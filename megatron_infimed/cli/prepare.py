@@ -9,11 +9,19 @@ import argparse
 import os
 import sys
 
+from megatron_infimed.curation.decontaminate import ACTIONS, BenchmarkSpec, parse_benchmark_spec
 from megatron_infimed.curation.formats import READERS, InputError
 from megatron_infimed.curation.judge import JudgeConfig
 from megatron_infimed.curation.pipeline import PrepareConfig, prepare
 from megatron_infimed.demo.synthetic import DISTRIBUTIONS
 from megatron_infimed.demo.synthetic.prepare_input import SyntheticSpec, generate_llava_input
+
+
+def _benchmark_spec(text: str) -> BenchmarkSpec:
+    try:
+        return parse_benchmark_spec(text)
+    except ValueError as exc:  # argparse prints an ArgumentTypeError's message as is
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     g.add_argument("--judge-optional", action="store_true",
                    help="exit 0 even when every judge call failed (the samples keep their rule scores)")
+    g = p.add_argument_group("benchmark contamination (docs/curation.md#benchmark-contamination)")
+    g.add_argument("--decontaminate", nargs="+", action="extend", default=[], type=_benchmark_spec,
+                   metavar="BENCH=PATH", help="evaluation sets, read as infimed-eval reads them (their scored split), "
+                   "whose images and questions must not be trained on, e.g. vqa_rad=VQA_RAD_Dataset_Public.json")
+    g.add_argument("--decontaminate-action", default="question", choices=sorted(ACTIONS),
+                   help="question (default): drop a record whose image and question match a benchmark item, flag "
+                   "one whose image only matches; drop: drop both; flag: drop neither, flag both")
     g = p.add_argument_group("clinician review")
     g.add_argument("--review-export", help="write a stratified sample to this CSV for grading")
     g.add_argument("--review-samples", type=int, default=200)
@@ -78,8 +93,9 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         split=args.split, language=args.language, image_size=args.image_size, shard_size=args.shard_size,
         workers=args.workers, seed=args.seed, shuffle=args.shuffle, domain=args.domain,
         quality_config=args.quality_config, judge=judge, review_grades=args.review_grades,
-        review_export=args.review_export, review_samples=args.review_samples, overwrite=args.overwrite,
-        progress=not args.no_progress)
+        review_export=args.review_export, review_samples=args.review_samples,
+        decontaminate=tuple(args.decontaminate), decontaminate_action=args.decontaminate_action,
+        overwrite=args.overwrite, progress=not args.no_progress)
 
 
 def synthetic_spec_from_args(args: argparse.Namespace) -> SyntheticSpec:

@@ -1,9 +1,10 @@
 """``prepare``: raw records in, quality-scored WebDataset shards plus reports out.
 
-    read (formats.py) -> load + score in workers (images.py, quality/) -> judge / human grades
-    -> keep/drop decision -> dedup -> shards + progress chunks (shards.py) -> manifest + reports
+    read (formats.py) -> load + score + benchmark match in workers (images.py, quality/, decontaminate.py)
+    -> judge / human grades -> keep/drop decision -> dedup -> shards + progress chunks (shards.py)
+    -> manifest + reports
 
-Workers only load and score (pure functions of a record), in a process pool consumed with
+Workers only load, score and match benchmarks (pure functions of a record), in a process pool consumed with
 ``imap`` so results come back in input order; everything order-dependent (judge batches,
 human overrides, dedup, shard assignment) happens in the main process. That is what makes
 ``--workers 4`` produce the same bytes as ``--workers 1``.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megatron_infimed.curation.decontaminate import Action, BenchmarkSpec, ContaminationGuard
 from megatron_infimed.curation.dedup import Deduplicator, image_signature, sample_hash, text_hash
 from megatron_infimed.curation.formats import check_input, read_records
 from megatron_infimed.curation.images import ImageLoadError, LoadedImage, check_under_root, load_image
@@ -32,8 +34,13 @@ from megatron_infimed.curation.quality import QualityConfig, build_scorers, deci
 from megatron_infimed.curation.record import Record, RecordError, conversation_text
 from megatron_infimed.curation.report import build_report, render_markdown, write_histograms
 from megatron_infimed.curation.review import agreement, export_review_csv, import_review_grades
-from megatron_infimed.curation.shards import ShardStore, atomic_write_bytes, atomic_write_json, build_manifest
-from megatron_infimed.curation.shards import shard_json_bytes
+from megatron_infimed.curation.shards import (
+    ShardStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    build_manifest,
+    shard_json_bytes,
+)
 
 CHARS_PER_TOKEN = 4  # text_tokens_estimate = ceil(text_chars / 4), the usual English BPE ratio
 JUDGE_BATCH = 64
@@ -60,6 +67,8 @@ class PrepareConfig:
     review_grades: str | None = None
     review_export: str | None = None
     review_samples: int = 200
+    decontaminate: tuple[BenchmarkSpec, ...] = ()  # evaluation sets to keep out of the training data
+    decontaminate_action: Action = "question"  # see decontaminate.py: what each kind of match does
     overwrite: bool = False
     progress: bool = True
 
@@ -73,9 +82,10 @@ def make_key(position: int, sample_id: str) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(quality: QualityConfig, image_size: int | None, real_root: Path | None) -> None:
+def _init_worker(quality: QualityConfig, image_size: int | None, real_root: Path | None,
+                 guard: ContaminationGuard | None) -> None:
     _WORKER.update(scorers=build_scorers(quality), quality=quality, image_size=image_size, real_root=real_root,
-                   cache=OrderedDict())
+                   guard=guard, cache=OrderedDict())
 
 
 def _load_cached(path: str) -> LoadedImage:
@@ -121,6 +131,9 @@ def process_item(item: tuple[int, Record | RecordError]) -> tuple[dict, dict]:
             images=len(images),
             text_tokens_estimate=math.ceil(len(text) / CHARS_PER_TOKEN),
         )
+        contamination = _WORKER["guard"].check(record.conversations, images) if _WORKER["guard"] else None
+        if contamination:  # absent when clean, so runs without the guard write the same progress lines
+            line["contamination"] = contamination
     except Exception as exc:  # a scorer bug must not end the run: the record is dropped and named
         return {**line, "reasons": [f"error/{type(exc).__name__}"], "detail": f"id {sample_id}: {exc}"}, {}
     payload = {"members": [(im.member_ext, im.member_bytes) for im in images],
@@ -164,11 +177,17 @@ def _apply_overrides(line: dict, judged: dict | None, human: dict | None) -> Non
     line["score_sources"] = sources
 
 
-def _fingerprint(config: PrepareConfig, quality: QualityConfig) -> dict:
+def _fingerprint(config: PrepareConfig, quality: QualityConfig, guard: ContaminationGuard | None) -> dict:
     data = asdict(config)
     for volatile in ("workers", "progress", "overwrite", "review_export", "review_samples"):
         data.pop(volatile)  # do not change the output bytes
     data["quality"] = asdict(quality)
+    # The benchmarks as read (a digest of their images and questions), not only their paths; absent
+    # without --decontaminate, so runs from before the guard still resume.
+    for key in ("decontaminate", "decontaminate_action"):
+        data.pop(key)
+    if guard:
+        data["decontaminate"] = guard.fingerprint()
     return json.loads(json.dumps(data))  # as run.json reads back (tuples become lists), or no judged run resumes
 
 
@@ -181,6 +200,8 @@ def prepare(config: PrepareConfig) -> dict:
         raise ValueError(f"--domain must be 'medical' or 'general', got {config.domain!r}")
     human = import_review_grades(config.review_grades) if config.review_grades else {}
     quality = QualityConfig.load(config.quality_config)
+    guard = (ContaminationGuard.load(config.decontaminate, config.decontaminate_action, max_pixels=quality.max_pixels)
+             if config.decontaminate else None)
     os.makedirs(config.out, exist_ok=True)
     if config.domain == "general":
         quality = quality.with_thresholds(medical_relevance=None)
@@ -191,7 +212,7 @@ def prepare(config: PrepareConfig) -> dict:
         random.Random(config.seed).shuffle(items)
 
     store = ShardStore(config.out)
-    chunks = store.open_run(_fingerprint(config, quality), overwrite=config.overwrite)
+    chunks = store.open_run(_fingerprint(config, quality, guard), overwrite=config.overwrite)
     for marker in ("manifest.json", "quality_report.json"):  # completion markers come back at the end
         if os.path.exists(os.path.join(config.out, marker)):
             os.remove(os.path.join(config.out, marker))
@@ -225,7 +246,9 @@ def prepare(config: PrepareConfig) -> dict:
         for line, payload in batch:
             if "scores" in line:
                 _apply_overrides(line, judged_by_key.get(line["key"]), human.get(line["sample_hash"]))
-                line["reasons"] = decide(line["scores"], line["issues"], quality.thresholds)
+                # A benchmark match is the first reason: it is why the record must go, whatever its quality.
+                contamination = guard.drop_reasons(line) if guard else []
+                line["reasons"] = contamination + decide(line["scores"], line["issues"], quality.thresholds)
                 if not line["reasons"]:
                     duplicate = dedup.check(line["sample_hash"], line["text_hash"], line["signatures"])
                     if duplicate:
@@ -241,7 +264,7 @@ def prepare(config: PrepareConfig) -> dict:
     remaining = items[len(lines):]
     bar = tqdm(total=len(items), initial=len(lines), desc="curating", unit="rec", disable=not config.progress)
     real_root = None if config.allow_outside_image_root else Path(read.image_root).resolve()
-    init_args = (quality, config.image_size, real_root)
+    init_args = (quality, config.image_size, real_root, guard)
     if config.workers == 1:
         _init_worker(*init_args)
         results = map(process_item, remaining)
@@ -263,7 +286,7 @@ def prepare(config: PrepareConfig) -> dict:
         bar.close()
         if pool is not None:
             pool.terminate()
-    report = _write_outputs(config, quality, store, lines, read.excluded, judge)
+    report = _write_outputs(config, quality, store, lines, read.excluded, judge, guard)
     if report.get("judge", {}).get("all_failed"):
         print(_all_failed_warning(report["judge"]), file=sys.stderr)
     return report
@@ -284,7 +307,7 @@ def _all_failed_warning(summary: dict) -> str:
 
 
 def _write_outputs(config: PrepareConfig, quality: QualityConfig, store: ShardStore, lines: list[dict],
-                   excluded: int, judge: ModelJudge | None) -> dict:
+                   excluded: int, judge: ModelJudge | None, guard: ContaminationGuard | None) -> dict:
     extra = {"source": config.source or config.format, "format": config.format, "input": config.input,
              "selection": {"split": config.split, "language": config.language}, "excluded": excluded,
              "domain": config.domain, "image_size": config.image_size, "seed": config.seed}
@@ -294,6 +317,8 @@ def _write_outputs(config: PrepareConfig, quality: QualityConfig, store: ShardSt
             pairs.setdefault(dim, []).append((auto, graded))
     if judge:
         extra["judge"] = _judge_summary(lines, judge)
+    if guard:
+        extra["contamination"] = guard.summary(lines)
     if pairs:
         extra["review"] = {"agreement": agreement(pairs, quality.thresholds)}
     report = build_report(lines, quality.thresholds, extra)

@@ -110,6 +110,19 @@ def render_markdown(report: dict) -> str:
         if report["judge"]["all_failed"]:
             rows += ["**Every judge call failed: the judged dimensions hold rule scores only.**", ""]
         rows += [f"- {k}: {v}" for k, v in report["judge"].items()]
+    if report.get("contamination"):
+        rows += ["", "## Benchmark contamination", "",
+                 "| benchmark | items | images | records checked | same image and question | same image only | "
+                 "dropped | flagged | max Hamming |", "|---|---|---|---|---|---|---|---|---|"]
+        for bench, c in report["contamination"].items():
+            rows.append(f"| {bench} | {c['benchmark']['items']} | {c['benchmark']['images']} | {c['checked']} | "
+                        f"{c['same_image_and_question']} | {c['same_image']} | {c['dropped']} | {c['flagged']} | "
+                        f"{c['max_hamming']} |")
+        for bench, c in report["contamination"].items():
+            unreadable = c["benchmark"]["unreadable_images"]
+            if unreadable:
+                rows.append(f"\n{bench}: {len(unreadable)} benchmark image(s) could not be read, so were not "
+                            f"checked: {', '.join(sorted(unreadable)[:5])}")
     if report.get("review"):
         rows += ["", "## Clinician review agreement", "", "| dimension | graded | agreement | kappa | mean abs diff |",
                  "|---|---|---|---|---|"]
