@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.data.streaming import DatasetIndex, read_shard

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> BenchResult:
               "targets": {"speedup": ">= 0.7 * ideal_speedup"}}
     rows = [("packed (per sample)", packed_ms, dense_ms / packed_ms), ("dense causal (whole pack)", dense_ms, 1.0)]
     notes = [f"one pack of {total} tokens in {len(segments)} samples; ideal speedup L²/Σlᵢ² = {ideal:.2f}; "
-             f"{'forward + backward' if args.backward else 'forward'}, {heads} heads / {groups} K/V heads × {head_dim}, "
+             f"{'forward + backward' if args.backward else 'forward'}, "
+             f"{heads} heads / {groups} K/V heads × {head_dim}, "
              f"{fields['dtype']} on {device}, median of {args.repeats}"]
     return BenchResult("attention", fields, ("attention", "ms", "speedup"), rows, notes)

@@ -131,7 +131,8 @@ def _measure(args: argparse.Namespace, work: Path) -> BenchResult:
               "copy_peak_rss_gb": max(r["peak_rss_gb"] for r in reports["copy"]),
               "rss_bound_gb": 1.5 * largest + 1.0,
               "export_seconds": [r["seconds"] for r in reports["export"]],
-              "copy_seconds": [r["seconds"] for r in reports["copy"]], "max_shard_size": args.max_shard_size, "repeats": args.repeats,
+              "copy_seconds": [r["seconds"] for r in reports["copy"]],
+              "max_shard_size": args.max_shard_size, "repeats": args.repeats,
               "targets": {"ratio": ">= 0.5", "peak_rss_gb": "<= 1.5 * largest_shard_gb + 1"}}
     rows = [("export_hf", fields["gb_per_s"], export_s, peak),
             ("safetensors copy", fields["copy_gb_per_s"], copy_s, fields["copy_peak_rss_gb"])]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ class MixSample:
         return self.text_tokens + self.images * tokens_per_image
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_mix(path: str = str(MIX_FILE)) -> dict:
     mix = json.loads(Path(path).read_text())
     for c in mix["components"]:

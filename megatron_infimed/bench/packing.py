@@ -1,12 +1,12 @@
 """``infimed-bench packing``: our online packer vs padding to the longest sample of each micro-batch
 and vs greedy knapsack packing that flushes each buffer whole, on the shipped length mix.
 
-| scheme                | what it does                                                  | used by                      |
-|-----------------------|---------------------------------------------------------------|------------------------------|
-| pad to longest        | ``micro_batch_size`` samples in arrival order, padded         | LLaVA, plain HF Trainer      |
-| greedy knapsack       | fill a buffer, first-fit-decreasing into fresh packs, emit     | LLaMA-Factory, Megatron-LM's |
-|                       | every pack, repeat (``greedy_flush_packs`` below)              | multimodal example           |
-| ours (online BFD)     | packs stay open across refills (``data.packing.OnlinePacker``) | this codebase                |
+| scheme            | what it does                                                   | used by                      |
+|-------------------|----------------------------------------------------------------|------------------------------|
+| pad to longest    | ``micro_batch_size`` samples in arrival order, padded          | LLaVA, plain HF Trainer      |
+| greedy knapsack   | fill a buffer, first-fit-decreasing into fresh packs, emit     | LLaMA-Factory, Megatron-LM's |
+|                   | every pack, repeat (``greedy_flush_packs`` below)              | multimodal example           |
+| ours (online BFD) | packs stay open across refills (``data.packing.OnlinePacker``) | this codebase                |
 
 fill ratio = real tokens / slots paid for (``seq_length`` per pack; ``B × longest`` per padded
 micro-batch). Cost is the planning only, per sample; both packers time the same lengths, alternating.

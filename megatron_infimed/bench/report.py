@@ -35,7 +35,10 @@ def environment() -> dict:
         mcore = version("megatron-core")
     except Exception:  # not installed: the figure still says so
         mcore = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"cpu ({platform.processor() or platform.machine()})"
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
             "torch": torch.__version__, "megatron_core": mcore, "device": device,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}

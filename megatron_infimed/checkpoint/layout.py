@@ -17,9 +17,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from megatron_infimed.checkpoint.integrity import MANIFEST
 

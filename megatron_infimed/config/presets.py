@@ -13,8 +13,9 @@ way round); the data pipeline, the model and the FLOPs formula all read these da
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +82,7 @@ class ModelConfig:
     # tokenizer defines it for real data and training copies it here.
     image_token_id: int = 0
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "ModelConfig":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ModelConfig:
         """Dotted-key overrides, e.g. ``{"reduction.kind": "none", "language.num_layers": 4}``."""
         config = self
         for key, value in overrides.items():
@@ -92,7 +93,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         data = dict(data)
         _check_keys(cls, data, "model config")
         for key, sub in (("language", LanguageConfig), ("vision", VisionConfig), ("reduction", ReductionConfig)):

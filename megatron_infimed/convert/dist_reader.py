@@ -39,7 +39,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
-    ChunkStorageMetadata, Metadata, MetadataIndex, StorageMeta, TensorStorageMetadata)
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
@@ -172,7 +177,7 @@ class DistCheckpointReader:
             os.close(fd)
         getattr(self, "_fds", {}).clear()
 
-    def __enter__(self) -> "DistCheckpointReader":
+    def __enter__(self) -> DistCheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:

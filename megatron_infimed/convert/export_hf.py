@@ -9,8 +9,9 @@
 Streaming: output shards are planned from the checkpoint's metadata first (names, shapes and sizes
 are known without reading a weight), so each shard's header is written before its data; then the
 tensors are read from the torch_dist files one global tensor (or one layer of a stacked tensor) at
-a time, converted, written and dropped, so peak memory is one megatron tensor and its split. Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end;
-any failure removes it, and every shape check runs before the folder is created.
+a time, converted, written and dropped, so peak memory is one megatron tensor and its split.
+Everything goes to a hidden ``.NAME.partial`` folder renamed to ``NAME`` at the end; any failure
+removes it, and every shape check runs before the folder is created.
 
 Refused (ValueError, nothing left behind): checkpoint files whose SHA-256 differs from its
 ``checksums.sha256`` (``integrity.verify``, unless ``verify_checkpoint=False``), and NaN/inf in any
@@ -129,7 +130,7 @@ def _converted_tokenizer(tokenizer_dir: Path | None):
     if different:
         warnings.warn(f"{source}: its tokenizers equivalent encodes {len(different)} probe string(s) "
                       f"differently (e.g. {different[0]!r}); the export keeps the SentencePiece model only, "
-                      f"which AutoTokenizer cannot load")
+                      f"which AutoTokenizer cannot load", stacklevel=3)  # export_hf's caller
         return None
     return converted
 

@@ -12,8 +12,8 @@ with it (docs/benchmarks.md). A shard evicted from the cache is read back from d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open

@@ -87,7 +87,8 @@ def probes(pieces: list[str], seed: int = 0, count: int = 400) -> list[str]:
         out.append(("" if rng.random() < 0.5 else " ").join(run))
     for _ in range(20):
         question = " ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
-        turns = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"}, {"from": "gpt", "value": rng.choice(words)}]
+        turns = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
+                 {"from": "gpt", "value": rng.choice(words)}]
         out.append(render_conversation(turns))
     return out
 

@@ -145,7 +145,9 @@ def _check_reduction(config: ModelConfig, config_file: str | Path | None) -> Non
         grid = config.vision.grid_size
         example = f'"reduction": {{"kind": "pool", "pooled_grid": {grid}}}'
         if config_file:
-            raise ValueError(f"--config {config_file}: {error}; give it a reduction that fits, e.g. {example}") from None
+            raise ValueError(
+                f"--config {config_file}: {error}; give it a reduction that fits, e.g. {example}"
+            ) from None
         raise ValueError(f"the vision encoder has a {grid}x{grid} patch grid, which the default image-token "
                          f"reduction does not fit ({error}); pass --preset NAME (one of {sorted(PRESETS)}) or "
                          f"--config FILE, a model_config.json with a reduction that fits, e.g. {example}") from None
@@ -228,11 +230,11 @@ def import_hf(plan: ImportPlan, output: str | Path, *, dtype: torch.dtype = torc
     """Collective: write ``plan``'s model under the current TP/PP layout to ``output``."""
     from megatron.core import parallel_state
 
+    from megatron_infimed.checkpoint.dist import save_weights
+    from megatron_infimed.checkpoint.layout import atomic_folder
     from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.model.infimed import InfiMedModel
     from megatron_infimed.model.init import initialize_weights
-    from megatron_infimed.checkpoint.dist import save_weights
-    from megatron_infimed.checkpoint.layout import atomic_folder
 
     output = Path(output)
     with atomic_folder(output, owner=torch.distributed.get_rank() == 0) as partial:

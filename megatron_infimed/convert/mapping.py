@@ -52,7 +52,8 @@ TABLE: tuple[Row, ...] = (
     _r("language", "language_model.embedding.word_embeddings.weight", "embed_tokens.weight", "vocab hidden"),
     _r("language", _L + "input_layernorm.weight", "layers.{i}.input_layernorm.weight", "hidden"),
     _r("language", _L + "self_attention.linear_qkv.weight",
-       ("layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.k_proj.weight", "layers.{i}.self_attn.v_proj.weight"),
+       ("layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.k_proj.weight",
+        "layers.{i}.self_attn.v_proj.weight"),
        ("q hidden", "kv hidden", "kv hidden"), "qkv"),
     _r("language", _L + "self_attention.q_layernorm.weight", "layers.{i}.self_attn.q_norm.weight", "head_dim"),
     _r("language", _L + "self_attention.k_layernorm.weight", "layers.{i}.self_attn.k_norm.weight", "head_dim"),
@@ -75,7 +76,8 @@ TABLE: tuple[Row, ...] = (
     _r("vision", _V + "self_attention.linear_qkv.bias",
        ("encoder.layers.{i}.self_attn.q_proj.bias", "encoder.layers.{i}.self_attn.k_proj.bias",
         "encoder.layers.{i}.self_attn.v_proj.bias"), ("hidden",) * 3, "qkv"),
-    _r("vision", _V + "self_attention.linear_proj.weight", "encoder.layers.{i}.self_attn.out_proj.weight", "hidden hidden"),
+    _r("vision", _V + "self_attention.linear_proj.weight", "encoder.layers.{i}.self_attn.out_proj.weight",
+       "hidden hidden"),
     _r("vision", _V + "self_attention.linear_proj.bias", "encoder.layers.{i}.self_attn.out_proj.bias", "hidden"),
     _r("vision", _V + "pre_mlp_layernorm.weight", "encoder.layers.{i}.layer_norm2.weight", "hidden"),
     _r("vision", _V + "pre_mlp_layernorm.bias", "encoder.layers.{i}.layer_norm2.bias", "hidden"),
@@ -141,9 +143,13 @@ def entries(config: ModelConfig, parts: tuple[str, ...] = PARTS) -> list[Entry]:
         shapes = tuple(tuple(named[d] for d in s.split()) for s in row.shapes)
         layers = range(num_layers(config, row.part)) if "{i}" in row.megatron else [None]
         for i in layers:
-            fill = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)
-            out.append(Entry(row, i, fill(row.megatron), tuple(fill(h) for h in row.hf), shapes))
+            out.append(Entry(row, i, _fill(row.megatron, i), tuple(_fill(h, i) for h in row.hf), shapes))
     return out
+
+
+def _fill(name: str, layer: int | None) -> str:
+    """``name`` with its ``{i}`` set to ``layer``; unchanged for a row without layers."""
+    return name if layer is None else name.format(i=layer)
 
 
 def query_groups(config: ModelConfig, part: str) -> int:

@@ -53,7 +53,8 @@ class SafetensorsWriter:
                 raise ValueError(f"{self.path}: tensor {name!r} has dtype {dtype}, which safetensors "
                                  f"cannot hold here; expected one of {sorted(map(str, DTYPE_NAMES))}")
             nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
             self._pending.append((name, dtype, tuple(shape), nbytes))
             offset += nbytes
         text = json.dumps(header, separators=(",", ":")).encode()
@@ -133,7 +134,7 @@ class SafetensorsWriter:
             missing = [name for name, *_ in reversed(self._pending)]
             raise ValueError(f"{self.path}: closed before writing {len(missing)} declared tensor(s): {missing[:5]}")
 
-    def __enter__(self) -> "SafetensorsWriter":
+    def __enter__(self) -> SafetensorsWriter:
         return self
 
     def __exit__(self, kind, error, trace) -> None:

@@ -1,9 +1,11 @@
 """Duplicate removal: exact (image bytes + normalised text) and near (perceptual image hash).
 
-| kind  | key                                              | catches                           |
-|-------|--------------------------------------------------|-----------------------------------|
-| exact | sha256 of every image's bytes + normalised text  | copied files, re-listed records   |
-| near  | same normalised text, and every image's 256-bit dHash within ``near_hamming`` bits and its 8 x 8 mean-colour grid within ``near_colour`` levels | re-encoded, resized or lightly edited copies |
+| kind  | key                                                              | catches                         |
+|-------|------------------------------------------------------------------|---------------------------------|
+| exact | sha256 of every image's bytes + normalised text                  | copied files, re-listed records |
+| near  | same normalised text, and every image's 256-bit dHash within     | re-encoded, resized or lightly  |
+|       | ``near_hamming`` bits and its 8 x 8 mean-colour grid within      | edited copies                   |
+|       | ``near_colour`` levels                                           |                                 |
 
 The dHash (signs of horizontal gradients) sees structure but not colour: a red and a blue square
 in the same place hash alike, so the colour grid must agree too.
@@ -21,7 +23,6 @@ import numpy as np
 from PIL import Image
 
 from megatron_infimed.curation.record import normalise_text
-
 
 HASH_SIDE = 16  # a 256-bit difference hash
 GRID_SIDE = 8  # an 8 x 8 grid of mean colours

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from megatron_infimed.curation.record import Record, RecordError, structural_error
 from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER

@@ -85,7 +85,7 @@ def parse_score(content: str) -> float:
     except (ValueError, KeyError, TypeError):
         match = re.search(r"-?\d+(?:\.\d+)?", content)
         if not match:
-            raise JudgeError(f"judge reply holds no score: {content[:120]!r}")
+            raise JudgeError(f"judge reply holds no score: {content[:120]!r}") from None
         value = match.group(0)
     score = float(value)
     if not 0.0 <= score <= 1.0:

@@ -17,9 +17,9 @@ A worker that reads a whole epoch of every dataset it blends without one usable 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterator, Sequence
 
 import torch
 

@@ -22,8 +22,8 @@ equal those of encoding the rendered string (tested for both backends).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 

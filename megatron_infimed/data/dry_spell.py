@@ -9,7 +9,7 @@ loader raises ``NoUsableSamples`` once none of its streams is left producing.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_infimed.data.streaming import DatasetStream, ErrorRecord
 

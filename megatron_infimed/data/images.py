@@ -52,7 +52,7 @@ class ImagePreprocessor:
             raise ValueError(f"unknown image resize mode {self.mode!r}; expected one of {RESIZE_MODES}")
 
     @classmethod
-    def for_vision(cls, vision: VisionConfig, mode: str = "pad", jpeg_draft: bool = False) -> "ImagePreprocessor":
+    def for_vision(cls, vision: VisionConfig, mode: str = "pad", jpeg_draft: bool = False) -> ImagePreprocessor:
         return cls(vision.image_size, tuple(vision.image_mean), tuple(vision.image_std), mode, jpeg_draft)
 
     def decode(self, data: bytes) -> torch.Tensor:

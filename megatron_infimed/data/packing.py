@@ -28,8 +28,9 @@ per-sample padding for context parallelism is included by the caller.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 ALGORITHMS = ("bfd", "ffd")
 DEFAULT_ALGORITHM = "bfd"

@@ -29,9 +29,9 @@ import bisect
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_iterator
@@ -72,7 +72,7 @@ class DatasetIndex:
     shards: tuple[ShardSpec, ...]
 
     @classmethod
-    def from_dir(cls, root: str | os.PathLike) -> "DatasetIndex":
+    def from_dir(cls, root: str | os.PathLike) -> DatasetIndex:
         manifest = Path(root) / "manifest.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"dataset {root} has no manifest.json (expected the output folder of "

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER

@@ -38,8 +38,8 @@ Decisions both callers live by, and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from megatron_infimed.datasets import omnimedvqa, pathvqa, pmc_vqa, slake, vqa_rad
 from megatron_infimed.datasets.entries import Malformed, ReleaseRead, ReleaseRow

@@ -24,9 +24,10 @@ Field rules, the same for every release:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Generic, TypeVar
 
 from megatron_infimed.datasets.files import load_json_list
 

@@ -8,10 +8,10 @@ row carries its letter. An entry's id is its ``question_id``, else its 0-based i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Mapping
 
 from megatron_infimed.datasets.entries import OPTION_LETTERS, Entry, ReleaseRead, ReleaseRow, read_json_entries
 from megatron_infimed.datasets.files import image_folder, resolve_image

@@ -16,10 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Mapping
 
 from megatron_infimed.datasets.entries import OPTION_LETTERS, Entry, ReleaseRead, ReleaseRow, read_entries
 from megatron_infimed.datasets.files import ReleaseFileError, decode_text, image_folder, resolve_image

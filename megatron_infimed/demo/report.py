@@ -47,7 +47,8 @@ def write_report(workdir: Path, results: dict, stages: list[str]) -> Path:
     for stage in stages:
         r = results["stages"][stage]
         lines.append(f"| {stage} | {r['in_distribution']['closed_accuracy']:.3f} "
-                     f"(n={r['in_distribution']['n']}) | {r['shifted']['closed_accuracy']:.3f} (n={r['shifted']['n']}) |")
+                     f"(n={r['in_distribution']['n']}) | {r['shifted']['closed_accuracy']:.3f} "
+                     f"(n={r['shifted']['n']}) |")
     lines += ["", "## Curation", "", "| distribution | records | kept |", "|---|---|---|"]
     lines += [f"| {name} | {q['total']} | {q['kept']} |" for name, q in results["quality"].items()]
     export = results["export"]

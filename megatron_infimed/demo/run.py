@@ -36,7 +36,7 @@ class DemoSettings:
     seed: int = 0
 
     @classmethod
-    def fast(cls) -> "DemoSettings":
+    def fast(cls) -> DemoSettings:
         """Minutes → seconds: checks the plumbing, not the learning."""
         return cls(train_size=80, test_size=40, seq_length=256, global_batch_size=2,
                    iterations=(("pretrain", 2), ("stage1", 2), ("stage2", 2), ("stage3", 2)))

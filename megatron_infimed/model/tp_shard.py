@@ -16,7 +16,6 @@ keeps ``[g0; u0]``; a plain split of the stack would give it ``[g0; g1]``, all g
 from __future__ import annotations
 
 import torch
-
 from megatron.core import parallel_state
 
 
@@ -27,7 +26,9 @@ def partition_dim(module: torch.nn.Module, param_name: str) -> int | None:
     initialises weights itself, which ``model/init.py`` replaces.
     """
     from megatron.core.tensor_parallel.layers import (
-        ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+        ColumnParallelLinear,
+        RowParallelLinear,
+        VocabParallelEmbedding,
     )
 
     mode = getattr(module, "parallel_mode", None)  # Transformer Engine linears

@@ -2,6 +2,8 @@
 
 import pytest
 
+pytestmark = pytest.mark.slow  # DataLoader worker processes; convert spawns a Python process and takes ~6 s
+
 
 def test_loader_json_counts_the_same_samples_on_both_sides(bench_json, vqa_rad_dir, tmp_path):
     out = bench_json("loader", "--vqa-rad", str(vqa_rad_dir), "--samples", "12", "--repeats", "1",

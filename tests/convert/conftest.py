@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import hf_builders
 import pytest
 import torch
-
-import hf_builders
 
 
 @dataclass

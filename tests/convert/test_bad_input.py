@@ -51,8 +51,8 @@ def test_wrong_shape_names_the_tensor_and_expected_shape(hf_sources, tmp_path, c
 
 
 def test_missing_tensor_is_named_with_its_shape(hf_sources, tmp_path, capsys):
-    err = _import(capsys, _variant(hf_sources.qwen3, tmp_path / "bad", lambda t: t.pop("model.layers.0.self_attn.q_norm.weight")),
-                  tmp_path / "out")
+    bad = _variant(hf_sources.qwen3, tmp_path / "bad", lambda t: t.pop("model.layers.0.self_attn.q_norm.weight"))
+    err = _import(capsys, bad, tmp_path / "out")
     assert "missing tensor(s): 'model.layers.0.self_attn.q_norm.weight' (16,)" in err
 
 

@@ -24,8 +24,8 @@ def processor(tp1_export):
 
 
 def _config(tp1_checkpoint):
-    from megatron_infimed.config.presets import ModelConfig
     from megatron_infimed.checkpoint.layout import iteration_folder
+    from megatron_infimed.config.presets import ModelConfig
 
     return ModelConfig.from_dict(json.loads((iteration_folder(tp1_checkpoint) / "model_config.json").read_text()))
 
@@ -89,8 +89,8 @@ def test_a_placeholder_count_unlike_the_image_count_is_refused(processor):
 def test_processor_inputs_give_the_megatron_models_logits(processor, tp1_checkpoint, tp1_export):
     from transformers import AutoModelForImageTextToText
 
-    from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
     from megatron_infimed.checkpoint.dist import load_weights
+    from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
 
     model = AutoModelForImageTextToText.from_pretrained(tp1_export, trust_remote_code=True).eval()
     megatron = InfiMedModel(_config(tp1_checkpoint))

@@ -24,10 +24,10 @@ def _tensors(folder) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def megatron_model(tp1_checkpoint):
+    from megatron_infimed.checkpoint.dist import load_weights
     from megatron_infimed.checkpoint.layout import iteration_folder
     from megatron_infimed.config.presets import ModelConfig
     from megatron_infimed.model.infimed import InfiMedModel
-    from megatron_infimed.checkpoint.dist import load_weights
 
     config = ModelConfig.from_dict(json.loads((iteration_folder(tp1_checkpoint) / "model_config.json").read_text()))
     model = InfiMedModel(config)

@@ -63,7 +63,8 @@ def test_table_covers_every_parameter_of_the_model_with_its_shape(mcore_world):
     assert params == table
 
 
-@pytest.mark.parametrize("reduction", [{"kind": "pool", "pooled_grid": 3}, {"kind": "pixel_shuffle", "shuffle_factor": 2},
+@pytest.mark.parametrize("reduction", [{"kind": "pool", "pooled_grid": 3},
+                                       {"kind": "pixel_shuffle", "shuffle_factor": 2},
                                        {"kind": "none"}])
 def test_exported_modeling_file_reduces_image_tokens_like_the_megatron_model(reduction, tmp_path, monkeypatch):
     pytest.importorskip("transformers")

@@ -49,13 +49,15 @@ def test_non_contiguous_tensors_are_written_in_logical_order(tmp_path):
     ("first", torch.zeros(2, dtype=torch.float16), "declared torch.float32"),
 ])
 def test_a_tensor_out_of_order_or_unlike_its_declaration_is_refused(tmp_path, name, tensor, message):
-    writer = SafetensorsWriter(tmp_path / "x.safetensors", [("first", torch.float32, (2,)), ("second", torch.float32, (2,))])
+    writer = SafetensorsWriter(tmp_path / "x.safetensors",
+                               [("first", torch.float32, (2,)), ("second", torch.float32, (2,))])
     with pytest.raises(ValueError, match=message):
         writer.write(name, tensor)
 
 
 def test_closing_before_every_declared_tensor_is_written_names_the_missing(tmp_path):
-    writer = SafetensorsWriter(tmp_path / "x.safetensors", [("first", torch.float32, (2,)), ("second", torch.float32, (2,))])
+    writer = SafetensorsWriter(tmp_path / "x.safetensors",
+                               [("first", torch.float32, (2,)), ("second", torch.float32, (2,))])
     writer.write("first", torch.zeros(2))
     with pytest.raises(ValueError, match=r"closed before writing 1 declared tensor\(s\): \['second'\]"):
         writer.close()

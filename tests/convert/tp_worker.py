@@ -17,11 +17,11 @@ def main() -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
+    from megatron_infimed.checkpoint.dist import load_weights
+    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.convert.import_hf import import_hf, plan_import
     from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
-    from megatron_infimed.config.run import ParallelConfig
     from megatron_infimed.runtime import distributed
-    from megatron_infimed.checkpoint.dist import load_weights
 
     language, vision, checkpoint_tp2, checkpoint_tp2pp2, out = sys.argv[1:6]
     plan = plan_import(language, vision, preset="tiny")
@@ -34,7 +34,8 @@ def main() -> None:
     tokens = torch.randint(0, 2048, (1, 23), generator=generator)
     pixels = torch.randn(2, 3, 64, 64, generator=generator)
     with torch.no_grad():
-        logits = model(tokens, torch.arange(23).unsqueeze(0), packed_seq_params=packed_seq_params(torch.tensor([0, 23]), 23))
+        logits = model(tokens, torch.arange(23).unsqueeze(0),
+                       packed_seq_params=packed_seq_params(torch.tensor([0, 23]), 23))
         logits = gather_from_tensor_model_parallel_region(logits)
         features = model.vision_model(pixels)
     if torch.distributed.get_rank() == 0:

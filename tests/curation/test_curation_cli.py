@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from curation_factories import bad_input_dataset
 
 from megatron_infimed.cli.prepare import main
-from curation_factories import bad_input_dataset
 
 
 def test_cli_writes_shards_and_prints_a_summary(tmp_path, capsys):

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from curation_factories import llava, write_jsonl
 
 from megatron_infimed.curation.formats import InputError, read_records
 from megatron_infimed.curation.record import Record, RecordError
-from curation_factories import llava, write_jsonl
 
 
 def test_llava_json_list_gives_records_with_resolved_image_paths(tmp_path):

@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from curation_factories import llava, save, textured, write_jsonl
 
 from megatron_infimed.cli.prepare import main
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
-from curation_factories import llava, save, textured, write_jsonl
 
 
 @pytest.fixture

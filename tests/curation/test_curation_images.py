@@ -6,12 +6,12 @@ import zlib
 
 import numpy as np
 import pytest
+from curation_factories import textured
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from megatron_infimed.curation.images import ImageLoadError, letterbox, load_image
-from curation_factories import textured
 
 MAX = 10_000_000
 

@@ -1,11 +1,11 @@
 """Model judge against a local OpenAI-compatible stub on 127.0.0.1 started by the test."""
 
 import pytest
+from curation_factories import llava, save, textured, write_jsonl
+from judge_stub import judge_config as config
 
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
 from megatron_infimed.curation.judge import ModelJudge, parse_score
-from curation_factories import llava, save, textured, write_jsonl
-from judge_stub import judge_config as config
 
 
 def test_judge_scores_each_requested_dimension(stub_server):

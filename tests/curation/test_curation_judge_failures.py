@@ -2,12 +2,12 @@
 score comes from anywhere else, and a run in which every judge call failed says so."""
 
 import pytest
+from curation_factories import llava, save, textured, write_jsonl
+from judge_stub import judge_config
 
 from megatron_infimed.cli.prepare import main
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
 from megatron_infimed.curation.judge import ModelJudge
-from curation_factories import llava, save, textured, write_jsonl
-from judge_stub import judge_config
 
 KEY_ENV = "INFIMED_TEST_JUDGE_KEY"
 

@@ -8,10 +8,10 @@ import sys
 import tarfile
 
 import pytest
+from curation_factories import GOOD_QUESTIONS, bad_input_dataset, llava, save, textured, write_jsonl
 
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
 from megatron_infimed.curation.shards import ShardStore
-from curation_factories import GOOD_QUESTIONS, bad_input_dataset, llava, save, textured, write_jsonl
 
 
 def run(tmp_path, input_path, out="out", **kwargs):
@@ -79,7 +79,8 @@ def test_multi_image_sample_has_numbered_members(tmp_path):
     save(textured(seed=1), tmp_path / "a.png")
     textured(seed=2).convert("RGB").save(tmp_path / "b.jpg", format="JPEG")
     row = {"id": "two", "image": ["a.png", "b.jpg"], "conversations": [
-        {"from": "human", "value": "<image>\n<image>\nCompare the two CT scans."}, {"from": "gpt", "value": "The lesion grew."}]}
+        {"from": "human", "value": "<image>\n<image>\nCompare the two CT scans."},
+        {"from": "gpt", "value": "The lesion grew."}]}
     run(tmp_path, write_jsonl(tmp_path / "d.jsonl", [row]))
     members = dict(tar_members(tmp_path / "out" / "shards" / "shard-000000.tar"))
     key = "00000000-two"
@@ -108,6 +109,7 @@ def test_same_input_and_seed_give_byte_identical_shards(tmp_path, bad_input):
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
 
 
+@pytest.mark.slow  # a pool of worker processes
 def test_two_workers_write_the_same_bytes_as_one(tmp_path, bad_input):
     run(tmp_path, bad_input[0], out="one", shard_size=4)
     run(tmp_path, bad_input[0], out="two", shard_size=4, workers=2)
@@ -205,6 +207,7 @@ def test_report_markdown_and_one_histogram_per_dimension(tmp_path, bad_input):
     assert "| load/decompression_bomb | 1 |" in markdown and "kept: **6**" in markdown
 
 
+@pytest.mark.slow  # a fresh Python subprocess
 def test_curation_runs_without_megatron_or_a_distributed_world(tmp_path, bad_input):
     code = (f"import sys, torch; from megatron_infimed.curation import prepare, PrepareConfig; "
             f"prepare(PrepareConfig(format='llava', input={bad_input[0]!r}, out={str(tmp_path / 'o')!r}, "

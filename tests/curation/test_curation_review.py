@@ -3,10 +3,10 @@
 import csv
 
 import pytest
+from curation_factories import bad_input_dataset
 
 from megatron_infimed.curation import PrepareConfig, prepare, read_outcomes
 from megatron_infimed.curation.review import agreement, import_review_grades, stratified_sample
-from curation_factories import bad_input_dataset
 
 
 def run(tmp_path, path, out, **kwargs):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from shard_builder import WORDS
 from tokenizers import Tokenizer as HFTok
 from tokenizers import decoders, models, pre_tokenizers, trainers
-from shard_builder import WORDS
 
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.data.tokenizer import SPECIAL_TOKENS, align_model_config, load_tokenizer, train_sentencepiece

@@ -3,8 +3,14 @@
 import jinja2
 import pytest
 
-from megatron_infimed.data.chat_template import (CHAT_TEMPLATE_JINJA, question_prompt, render_conversation,
-                                                 to_messages, tokenize_conversation, tokenize_generation_prompt)
+from megatron_infimed.data.chat_template import (
+    CHAT_TEMPLATE_JINJA,
+    question_prompt,
+    render_conversation,
+    to_messages,
+    tokenize_conversation,
+    tokenize_generation_prompt,
+)
 from megatron_infimed.data.pack import IGNORE_INDEX
 from megatron_infimed.data.tokenizer import IMAGE_PAD
 

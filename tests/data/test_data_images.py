@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.data.images import ImagePreprocessor, normalize_images, to_rgb
@@ -91,7 +91,7 @@ def test_jpeg_draft_decodes_large_images_to_the_target_size():
 
 
 def test_undecodable_bytes_raise():
-    with pytest.raises(Exception):
+    with pytest.raises(UnidentifiedImageError):
         ImagePreprocessor(16).decode(b"\x89PNG not really a png")
 
 

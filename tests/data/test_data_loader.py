@@ -76,6 +76,7 @@ def test_resume_yields_exactly_the_following_packs(datasets, sp_tokenizer, tiny_
     assert resumed.stats()["data/packs"] == stop * 2 + 12  # counters travel with the state
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_worker_processes_produce_the_same_packs_and_resume_the_same(datasets, sp_tokenizer, tiny_config):
     in_process = loader_for(datasets, sp_tokenizer, tiny_config, num_epochs=2)
     expected = list(in_process)

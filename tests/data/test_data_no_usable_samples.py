@@ -12,7 +12,6 @@ from megatron_infimed.data import loader as loader_module
 from megatron_infimed.data.blending import REPORT_EVERY, StreamSpec
 from megatron_infimed.data.dry_spell import NoUsableSamples
 from megatron_infimed.data.images import ImagePreprocessor
-from megatron_infimed.config.run import DataConfig
 from megatron_infimed.data.loader import build_train_loader
 from megatron_infimed.data.preprocess import SamplePreprocessor
 from megatron_infimed.data.streaming import DatasetIndex

@@ -5,8 +5,15 @@ from tokenizers import Tokenizer as HFTok
 from tokenizers import models, pre_tokenizers, trainers
 
 from megatron_infimed.config.presets import get_preset
-from megatron_infimed.data.tokenizer import (IM_END, IM_START, IMAGE_PAD, HFTokenizer,
-                                             SentencePieceTokenizer, align_model_config, load_tokenizer)
+from megatron_infimed.data.tokenizer import (
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    HFTokenizer,
+    SentencePieceTokenizer,
+    align_model_config,
+    load_tokenizer,
+)
 
 TEXTS = ["Is there a nodule in the left lung?", "  two  spaces\nand a newline\n", "CT 123 mm, é 日本 ✓",
          f"{IM_START}user\nhello{IM_END}\n"]

@@ -119,6 +119,7 @@ def test_registry_names_each_release_and_its_selection():
         "vqa_rad": ("split",), "slake": ("language",), "pathvqa": (), "pmc_vqa": (), "omnimedvqa": ()}
 
 
+@pytest.mark.slow  # a fresh Python subprocess
 def test_datasets_import_nothing_above_them():
     code = "import json, sys, megatron_infimed.datasets; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

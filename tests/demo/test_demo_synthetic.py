@@ -92,10 +92,16 @@ def test_same_seed_same_files_and_other_seed_differs(tmp_path):
 def test_shifted_images_look_different_but_ask_the_same_questions(tmp_path):
     med = generate_synthetic(str(tmp_path), 40, "medical", seed=0, image_size=64)
     shifted = generate_synthetic(str(tmp_path), 40, "shifted", seed=0, image_size=64)
-    questions = lambda d: {r["conversations"][0]["value"] for r in json.load(open(d.json_path))}
+
+    def questions(d):
+        return {r["conversations"][0]["value"] for r in json.load(open(d.json_path))}
+
     assert questions(shifted) <= questions(med) | questions(shifted) and len(questions(shifted) & questions(med)) >= 4
-    mean = lambda d: np.mean([np.asarray(Image.open(f"{d.image_root}/{r['image']}")).mean()
-                              for r in json.load(open(d.json_path))])
+
+    def mean(d):
+        return np.mean([np.asarray(Image.open(f"{d.image_root}/{r['image']}")).mean()
+                        for r in json.load(open(d.json_path))])
+
     assert mean(shifted) > mean(med) + 60  # inverted: dark backgrounds become bright
 
 

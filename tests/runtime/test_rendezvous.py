@@ -62,11 +62,13 @@ def run_module(**env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow  # a fresh Python subprocess
 def test_the_module_prints_host_colon_port_for_node_sh():
     result = run_module(SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242")
     assert (result.returncode, result.stdout, result.stderr) == (0, "localhost:24242\n", "")
 
 
+@pytest.mark.slow  # a fresh Python subprocess
 def test_the_module_exits_2_naming_the_missing_variable():
     result = run_module(SLURM_JOB_ID="4242")
     assert (result.returncode, result.stdout) == (2, "")

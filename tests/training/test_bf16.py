@@ -44,8 +44,9 @@ def test_bf16_weights_are_bf16_and_main_weights_fp32(tmp_path):
     run(tmp_path, "one", "--bf16", iters=1)
     saved = json.loads((tmp_path / "one-ckpt" / "iter_0000001" / "run_config.json").read_text())
     assert saved["model"]["bf16"] is True
-    from megatron_infimed.convert.dist_reader import DistCheckpointReader
     import torch
+
+    from megatron_infimed.convert.dist_reader import DistCheckpointReader
 
     with DistCheckpointReader(tmp_path / "one-ckpt" / "iter_0000001") as reader:
         assert reader.dtype("language_model.decoder.final_layernorm.weight", None) == torch.bfloat16

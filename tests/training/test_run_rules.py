@@ -11,9 +11,9 @@ import time
 import pytest
 
 from megatron_infimed.checkpoint.integrity import MANIFEST
+from megatron_infimed.checkpoint.layout import TRACKER, latest_iteration, resume_point, write_tracker
 from megatron_infimed.config.flags import load_config
 from megatron_infimed.training.metrics import truncate_jsonl
-from megatron_infimed.checkpoint.layout import TRACKER, latest_iteration, resume_point, write_tracker
 
 
 def make_checkpoint(root, *iterations, named=None):
@@ -27,7 +27,8 @@ def make_checkpoint(root, *iterations, named=None):
 
 def test_a_folder_with_a_tracker_is_resumed_and_says_so(tmp_path):
     make_checkpoint(tmp_path / "ckpt", 10, 20)
-    assert resume_point(tmp_path / "ckpt", tmp_path / "ckpt") == (20, f"resuming from iteration 20 of {tmp_path / 'ckpt'}")
+    expected = (20, f"resuming from iteration 20 of {tmp_path / 'ckpt'}")
+    assert resume_point(tmp_path / "ckpt", tmp_path / "ckpt") == expected
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "unfinished"])
@@ -114,7 +115,7 @@ class _SlowFeed:
 
 
 def test_a_signal_ends_a_wait_for_data_that_outlasts_the_grace_period():
-    from megatron_infimed.training.signals import StopRequest, StoppedBySignal, next_step
+    from megatron_infimed.training.signals import StoppedBySignal, StopRequest, next_step
 
     stop = StopRequest(grace_seconds=0.5)
     try:
@@ -129,6 +130,7 @@ def test_a_signal_ends_a_wait_for_data_that_outlasts_the_grace_period():
         stop.restore()
 
 
+@pytest.mark.slow  # waits out the 2 s grace timer
 def test_data_that_comes_within_the_grace_period_is_trained():
     from megatron_infimed.training.signals import StopRequest, next_step
 
@@ -143,7 +145,7 @@ def test_data_that_comes_within_the_grace_period_is_trained():
 
 
 def test_a_signal_during_compute_gives_the_next_wait_its_grace_period():
-    from megatron_infimed.training.signals import StopRequest, StoppedBySignal, next_step
+    from megatron_infimed.training.signals import StoppedBySignal, StopRequest, next_step
 
     stop = StopRequest(grace_seconds=0.3)
     try:

@@ -5,10 +5,10 @@ import pytest
 import torch
 from trainrun import read_metrics, torchrun
 
+from megatron_infimed.checkpoint.layout import latest_iteration
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.model.infimed import InfiMedModel, packed_seq_params
 from megatron_infimed.model.init import initialize_weights
-from megatron_infimed.checkpoint.layout import latest_iteration
 from megatron_infimed.training.mock_data import mock_pack
 
 pytestmark = pytest.mark.slow

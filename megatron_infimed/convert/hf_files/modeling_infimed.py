@@ -13,7 +13,6 @@ apply unchanged. Only the glue is here, and it mirrors the Megatron model exactl
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers import GenerationMixin, PreTrainedModel, Qwen3Model, SiglipVisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -38,7 +37,10 @@ class InfiMedProjector(nn.Module):
     def __init__(self, config: InfiMedConfig):
         super().__init__()
         vision = config.vision_config.hidden_size
-        width = vision * config.reduction["shuffle_factor"] ** 2 if config.reduction["kind"] == "pixel_shuffle" else vision
+        if config.reduction["kind"] == "pixel_shuffle":
+            width = vision * config.reduction["shuffle_factor"] ** 2
+        else:
+            width = vision
         self.linear_1 = nn.Linear(width, config.projector_hidden_size, bias=True)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size, bias=True)
@@ -93,7 +95,8 @@ class InfiMedModel(InfiMedPreTrainedModel):
             features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
             is_image = input_ids == self.config.image_token_id
             if int(is_image.sum()) != features.shape[0] * features.shape[1]:
-                raise ValueError(f"the prompt holds {int(is_image.sum())} image tokens (id {self.config.image_token_id})"
+                raise ValueError(f"the prompt holds {int(is_image.sum())} image tokens "
+                                 f"(id {self.config.image_token_id})"
                                  f" but {features.shape[0]} image(s) need {features.shape[0] * features.shape[1]} "
                                  f"({self.config.image_seq_length} each)")
             mask = is_image.unsqueeze(-1).expand_as(inputs_embeds)

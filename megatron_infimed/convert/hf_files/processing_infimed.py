@@ -20,7 +20,6 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-
 from transformers import AutoTokenizer, BatchFeature
 
 PROCESSOR_CONFIG = "processor_config.json"

@@ -30,8 +30,17 @@ import numpy as np
 from megatron_infimed.data.conversation_format import IMAGE_PLACEHOLDER
 from megatron_infimed.demo.synthetic import questions as q
 from megatron_infimed.demo.synthetic.defects import damage_image, damage_text, defects_for
-from megatron_infimed.demo.synthetic.render import (BACKGROUNDS, COLOURS, LOCATIONS, MODALITIES, ORGANS,
-                                                        SHAPES, lesion_centre, render_medical, render_shapes)
+from megatron_infimed.demo.synthetic.render import (
+    BACKGROUNDS,
+    COLOURS,
+    LOCATIONS,
+    MODALITIES,
+    ORGANS,
+    SHAPES,
+    lesion_centre,
+    render_medical,
+    render_shapes,
+)
 
 DISTRIBUTIONS = ("general", "medical", "shifted")
 

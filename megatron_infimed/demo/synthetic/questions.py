@@ -5,8 +5,9 @@ so every distribution is balanced (about 50 % yes):
 
 | distribution      | closed questions (yes/no)                                  |
 |-------------------|------------------------------------------------------------|
-| medical, shifted  | "Is there a lesion in this image?", "Is this a CT scan?" / "Is this an MRI scan?" / "Is this an X-ray image?" |
-| general           | "Is there a circle in this image?"                          |
+| medical, shifted  | "Is there a lesion in this image?", "Is this a CT scan?" / |
+|                   | "Is this an MRI scan?" / "Is this an X-ray image?"         |
+| general           | "Is there a circle in this image?"                         |
 
 Open: modality, organ, lesion location ("left upper", patient orientation), lesion count (digits);
 multiple choice lists "Options: A) .. B) .. C) .." and is answered with the option's text;
