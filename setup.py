@@ -12,8 +12,8 @@ setup(
     # Namespace discovery so data folders (convert/hf_files, bench/data) ship as package data.
     packages=find_namespace_packages(include=["megatron_infimed", "megatron_infimed.*"]),
     include_package_data=True,
-    package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "convert/hf_files/*.py",
-                                      "bench/data/*.json"]},
+    package_data={"megatron_infimed": ["curation/*.txt", "curation/*.yaml", "curation/quality/*.txt",
+                                      "convert/hf_files/*.py", "bench/data/*.json"]},
     install_requires=[
         # No upper pin: clusters bring their own CUDA build of torch.
         "torch>=2.6",

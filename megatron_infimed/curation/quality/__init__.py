@@ -62,7 +62,7 @@ class QualityConfig:
     scorers: dict[str, str] = field(default_factory=dict)  # dimension -> "module:factory"
 
     @classmethod
-    def load(cls, path: str | None = None) -> "QualityConfig":
+    def load(cls, path: str | None = None) -> QualityConfig:
         """Defaults from the shipped quality.yaml, with the keys of ``path`` (if given) on top."""
         with open(DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -87,7 +87,7 @@ class QualityConfig:
             scorers=dict(data.get("scorers") or {}),
         )
 
-    def with_thresholds(self, **changes: float | None) -> "QualityConfig":
+    def with_thresholds(self, **changes: float | None) -> QualityConfig:
         return QualityConfig({**self.thresholds, **changes}, self.options, self.max_pixels, self.near_hamming,
                              self.near_colour, self.scorers)
 

@@ -1,11 +1,13 @@
 """Image-text consistency rules: placeholders match images, words agree with known metadata.
 
-| issue                | test                                                                   | score |
-|----------------------|------------------------------------------------------------------------|-------|
-| placeholder_mismatch | number of ``<image>`` in human turns != number of images, or one in an answer | 0.0 |
-| modality_mismatch    | metadata ``modality`` known; the answers name other modalities, never it | 0.2  |
-| organ_mismatch       | a caption (``question_type`` caption) names other body regions than the metadata ``organ``, never it | 0.3 |
-| answer_type_mismatch | metadata ``answer_type`` CLOSED but the answer has more than 10 words, or a yes/no-form question's answer is yes/no while it is labelled OPEN and has no "or" | 0.4 |
+| issue                | test                                                                              | score |
+|----------------------|-----------------------------------------------------------------------------------|-------|
+| placeholder_mismatch | number of ``<image>`` in human turns != number of images, or one in an answer     | 0.0   |
+| modality_mismatch    | metadata ``modality`` known; the answers name other modalities, never it          | 0.2   |
+| organ_mismatch       | a caption (``question_type`` caption) names other body regions than the metadata  | 0.3   |
+|                      | ``organ``, never it                                                               |       |
+| answer_type_mismatch | metadata ``answer_type`` CLOSED but the answer has more than 10 words, or a       | 0.4   |
+|                      | yes/no-form question's answer is yes/no while it is labelled OPEN and has no "or" |       |
 
 Only answers (gpt turns) are checked against metadata: a question may legitimately name a
 modality or organ that is not in the image ("Is this an MRI?" -> "No").

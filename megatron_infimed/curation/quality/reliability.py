@@ -1,11 +1,12 @@
 """Answer reliability and safety: answers fit their questions, turns agree, no identifying data.
 
-| issue                 | test                                                               | score |
-|-----------------------|--------------------------------------------------------------------|-------|
-| phi_<kind>            | names after a title or "patient name", record numbers (MRN), phone numbers, e-mail, SSN, exact dates | 0.0 |
-| yes_no_mismatch       | a yes/no-form question ("Is ...?", no " or ") not answered yes/no   | 0.2   |
-| answer_not_in_options | a question listing options "A) .. B) .." answered with none of them | 0.2   |
-| contradiction         | the same question asked twice in a conversation, answered differently | 0.2 |
+| issue                 | test                                                                        | score |
+|-----------------------|-----------------------------------------------------------------------------|-------|
+| phi_<kind>            | names after a title or "patient name", record numbers (MRN), phone numbers, | 0.0   |
+|                       | e-mail, SSN, exact dates                                                    |       |
+| yes_no_mismatch       | a yes/no-form question ("Is ...?", no " or ") not answered yes/no           | 0.2   |
+| answer_not_in_options | a question listing options "A) .. B) .." answered with none of them         | 0.2   |
+| contradiction         | the same question asked twice in a conversation, answered differently       | 0.2   |
 
 Identifying information is flagged for removal: the sample is dropped, never rewritten.
 """
@@ -21,7 +22,8 @@ from megatron_infimed.curation.record import Record, conversation_text, normalis
 
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 PHI_PATTERNS = {
-    "name": re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr)\.? [A-Z][a-z]+|\b(?:[Pp]atient|[Pp]t)(?:'s)? [Nn]ame(?: is|:)\s*[A-Z]"),
+    "name": re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr)\.? [A-Z][a-z]+|"
+                       r"\b(?:[Pp]atient|[Pp]t)(?:'s)? [Nn]ame(?: is|:)\s*[A-Z]"),
     "record_number": re.compile(r"\b(?:mrn|medical record(?: number)?|record (?:no|number)|patient id|accession"
                                 r"(?: number)?)\b\W{0,3}#?\s*[A-Z0-9-]{4,}", re.I),
     "phone": re.compile(r"(?<!\d)(?:\+?\d{1,2}[\s.-])?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?!\d)"),
