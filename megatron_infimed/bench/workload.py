@@ -62,10 +62,14 @@ def ensure_world(seed: int = 1234) -> None:
 
 
 def build_model(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The model as training builds it: bf16 through training's Float16Module wrapper, never a
+    bare ``dtype`` (a bare bf16 model left the ViT's conv and norms in fp32 and crashed)."""
     from megatron_infimed.model.infimed import InfiMedModel
     from megatron_infimed.model.init import initialize_weights
+    from megatron_infimed.training.setup import with_precision
 
     ensure_world()
     model = InfiMedModel(config, dtype=dtype)
     initialize_weights(model, seed)
+    model = with_precision(model, dtype == torch.bfloat16)
     return model.cuda() if torch.cuda.is_available() else model

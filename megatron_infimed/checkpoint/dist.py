@@ -11,7 +11,8 @@
         checksums.sha256                  SHA-256 of every file above, written last
 
 A checkpoint counts only once the tracker names it, so a run killed half-way through a save
-resumes from the previous one; older iterations beyond ``keep_last`` are removed after that.
+resumes from the previous one; older iterations beyond ``keep_last`` are removed after that, by
+rank 0 in a background thread while training goes on.
 A model with a NaN/inf parameter is never saved, so rotation never removes the last finite one.
 Loading checks the files against ``checksums.sha256`` (split across ranks) and reads DCP's
 pickled ``.metadata`` with an allowlist before megatron-core does.
@@ -22,22 +23,28 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
 import torch
-
 from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_infimed.checkpoint import integrity
-from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.checkpoint.layout import (
+    MODEL_CONFIG,
+    RUN_CONFIG,
+    TOKENIZER_DIR,
+    TRACKER,
+    iteration_dir,
+    latest_iteration,
+    write_tracker,
+)
 from megatron_infimed.checkpoint.metadata import read_metadata
 from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
+from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.runtime import distributed
-from megatron_infimed.checkpoint.layout import (
-    MODEL_CONFIG, RUN_CONFIG, TOKENIZER_DIR, TRACKER, iteration_dir, latest_iteration, write_tracker,
-)
 
 
 class NonFiniteModel(ValueError):
@@ -82,14 +89,14 @@ def _prepare(root: str, iteration: int) -> Path:
 
 def _write_tracker(root: str, iteration: int, directory: Path, model_config, keep_last: int) -> None:
     """Rank 0, once every rank's files are complete: config files, the checksum manifest, then the
-    tracker, atomically."""
+    tracker, atomically; then it starts removing the checkpoints beyond ``keep_last``."""
     if torch.distributed.get_rank() != 0:
         return
     (directory / MODEL_CONFIG).write_text(json.dumps(model_config.to_dict(), indent=2))
     (directory / "layout.json").write_text(json.dumps(_layout()))
     integrity.write_manifest(directory)
     write_tracker(root, iteration)
-    _remove_old(root, iteration, keep_last)
+    _start_removal(root, iteration, keep_last)
 
 
 def _commit(root: str, iteration: int, directory: Path, model_config, keep_last: int = 0) -> None:
@@ -158,21 +165,73 @@ def verify(directory: Path) -> None:
                                                      f"rank (its error names the file)")
 
 
-def _readable(directory: Path, verify_files: bool) -> None:
+def _readable(directory: Path, verify_files: bool) -> set[str]:
     """Before megatron-core reads ``directory``: its files are those written, and the pickled
-    ``.metadata`` names only DCP classes."""
+    ``.metadata`` names only DCP classes. Returns the keys the checkpoint stores."""
     if verify_files:
         verify(directory)
     for name in ("common.pt", "metadata.json"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"checkpoint {directory} lacks {name}, which megatron-core writes with "
                                     f"every torch_dist checkpoint; the folder is incomplete")
-    read_metadata(directory)
+    return set(read_metadata(directory).state_dict_metadata)
+
+
+def without_missing_extra_state(request: dict, stored: set[str]) -> dict:
+    """``request`` less the Transformer Engine ``_extra_state`` objects the checkpoint does not hold
+    (it was saved by local layers, which have none): TE recreates that FP8 bookkeeping on its own.
+    Stored ``_extra_state`` a local model does not ask for is simply not read."""
+    def keep(value) -> bool:
+        key = getattr(value, "key", None)
+        return not (isinstance(key, str) and key.endswith("_extra_state")
+                    and not any(name == key or name.startswith(key + "/") for name in stored))
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items() if keep(v)}
+        return node
+
+    return walk(request)
+
+
+def load_module_state(module: torch.nn.Module, state: dict) -> None:
+    """``load_state_dict`` that tolerates only missing TE ``_extra_state``; anything else missing or
+    unexpected is an error, as with ``strict=True``."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint and model disagree: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# Rank 0's deletion of the checkpoints beyond keep_last, if one is running. Deleting a large
+# checkpoint can take minutes; inline it would hold the other ranks in the commit's barrier (or the
+# next step's first collective) until their process-group timeout fails the run.
+_removal: threading.Thread | None = None
+
+
+def _start_removal(root: str, current: int, keep_last: int) -> None:
+    """Delete, in the background, the iterations up to ``current`` older than the newest
+    ``keep_last``. The previous deletion is finished first, so two never list and delete the same
+    folders; the thread is no daemon, so the process finishes it before exiting."""
+    global _removal
+    if keep_last <= 0:
+        return
+    wait_for_removal()
+    _removal = threading.Thread(target=_remove_old, args=(root, current, keep_last), name="checkpoint-removal")
+    _removal.start()
+
+
+def wait_for_removal() -> None:
+    """Block until rank 0's background deletion of old checkpoints, if any, is done."""
+    global _removal
+    if _removal is not None:
+        _removal.join()
+        _removal = None
 
 
 def _remove_old(root: str, current: int, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
+    # Only iterations up to ``current``: a later folder is a save in progress, never ours to delete;
+    # ``current`` itself, the tracker's checkpoint, is always among the newest kept.
     finished = sorted(int(p.name[5:]) for p in Path(root).glob("iter_*") if p.name[5:].isdigit()
                       and int(p.name[5:]) <= current)
     for old in finished[:-keep_last]:
@@ -183,13 +242,14 @@ def load(root: str, run) -> int:
     """Resume ``run`` from the latest complete checkpoint under ``root``; returns its iteration."""
     reset_data = run.config.data.reset_data_state
     directory = iteration_dir(root, latest_iteration(root))
-    _readable(directory, run.config.checkpoint.verify_checkpoint)
+    stored = _readable(directory, run.config.checkpoint.verify_checkpoint)
     if not reset_data:
         _check_image_tokens(directory, run.model_config)
     model = model_state(run.chunks)
     # Only the sharded parts are requested; the scheduler and the counters come back from common.pt.
     request = {**model, "optimizer": run.optimizer.sharded_state_dict(model, is_loading=True)}
-    run.load_sharded_state_dict(dist_checkpointing.load(request, str(directory)))
+    run.load_sharded_state_dict(dist_checkpointing.load(without_missing_extra_state(request, stored),
+                                                        str(directory)))
     saved_layout = json.loads((directory / "layout.json").read_text())
     _load_loader_state(directory, run.feed, saved_layout, reset_data)
     _load_rng(directory, saved_layout)
@@ -248,8 +308,9 @@ def load_weights(root: str, chunks, verify_files: bool = True) -> int:
     iteration = latest_iteration(root)
     if iteration is None:
         raise FileNotFoundError(f"no checkpoint under {root} (missing {TRACKER})")
-    _readable(iteration_dir(root, iteration), verify_files)
-    loaded = dist_checkpointing.load(model_state(chunks), str(iteration_dir(root, iteration)))
+    stored = _readable(iteration_dir(root, iteration), verify_files)
+    request = without_missing_extra_state(model_state(chunks), stored)
+    loaded = dist_checkpointing.load(request, str(iteration_dir(root, iteration)))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+        load_module_state(chunk, loaded[f"model{i}"])
     return iteration

@@ -34,14 +34,14 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config, dry_run = load_config(argv)
+        config, mode = load_config(argv)
     except (ValueError, FileNotFoundError) as error:
         print(f"infimed-train: error: {error}", file=sys.stderr)
         return 2
-    if dry_run:
+    if mode.dry_run:
         from megatron_infimed.training.dry_run import dry_run_report
 
-        print(json.dumps(dry_run_report(config)))
+        print(json.dumps(dry_run_report(config, mode.device)))
         return 0
     from megatron_infimed.training.loop import train
     from megatron_infimed.training.signals import StoppedBySignal

@@ -24,7 +24,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ def _parts(hint: Any) -> tuple[Any, bool]:
     """(the type without None, whether None is allowed)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), len(args) < len(typing.get_args(hint))
+        # A union built at run time from a tuple of any length, not an annotation: ``X | Y`` cannot spell it.
+        rest = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
+        return rest, len(args) < len(typing.get_args(hint))
     return hint, False
 
 
@@ -165,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A YAML --config nests these options by section or uses the flat names; flags win over it.")
     parser.add_argument("--config", help="YAML file with any of the options below")
     parser.add_argument("--dry-run", action="store_true",
-                        help="build the model on the meta device and print its sizes as JSON")
+                        help="build the model on the meta device and print its sizes and the settings that "
+                             "decide what runs (the 'effective' object) as JSON")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="with --dry-run: show the choices made for this kind of device (default: this "
+                             "machine's); needs neither CUDA nor Transformer Engine")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section}", f"(YAML section '{section}', or its flat names; "
                                                         f"--{section} JSON sets several at once)")
@@ -194,10 +200,20 @@ def _add_flag(group, section: str, f, doc: str) -> None:
         group.add_argument(flag, default=None, help=text)  # typed by _coerce, with the key in the message
 
 
-def load_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
-    """(the run configuration, whether this is a dry run): defaults, then ``--config``, then flags."""
+@dataclass(frozen=True)
+class Mode:
+    """What the command line asks besides the run's options: a dry run, and for which device."""
+
+    dry_run: bool = False
+    device: str | None = None
+
+
+def load_config(argv: list[str] | None = None) -> tuple[RunConfig, Mode]:
+    """(the run configuration, the mode): defaults, then ``--config``, then flags."""
     args = vars(build_parser().parse_args(argv))
-    dry_run = args.pop("dry_run")
+    mode = Mode(args.pop("dry_run"), args.pop("device"))
+    if mode.device and not mode.dry_run:
+        raise ValueError("--device only applies to --dry-run (a run uses the machine's own devices)")
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     path = args.pop("config")
     if path:
@@ -209,9 +225,9 @@ def load_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     for section, options in _sorted_values(ordered, "the command line").items():
         values[section].update(options)
     config = RunConfig(**{section: SECTIONS[section](**options) for section, options in values.items()})
-    if not dry_run:
+    if not mode.dry_run:
         config.check_data()
-    return config, dry_run
+    return config, mode
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -52,8 +52,15 @@ class ModelSection:
     """layer implementation: local (plain torch, packed SDPA / varlen flash) or te (Transformer Engine)"""
     bf16: bool = False
     """bf16 weights and activations, fp32 main weights in the optimizer"""
-    fp8: str | None = None
-    """FP8 recipe through Transformer Engine (e.g. hybrid); needs --transformer-impl te"""
+    fp8: Literal["e4m3", "hybrid"] | None = None
+    """FP8 format of the language model's GEMMs through Transformer Engine (hybrid: e4m3 forward, e5m2
+    gradients); needs --transformer-impl te and --bf16"""
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
+    """FP8 scaling recipe (megatron's names; mxfp8 and blockwise need Blackwell / Hopper-era TE builds)"""
+    fp8_amax_history_len: int = 1024
+    """amax values kept per tensor for delayed scaling"""
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    """how delayed scaling picks the amax from its history"""
     freeze_vision: bool = False
     """keep the vision encoder's weights fixed (no gradients, no optimizer state)"""
     freeze_projector: bool = False
@@ -66,6 +73,11 @@ class ModelSection:
             raise ValueError(f"--preset {self.preset!r} is unknown; expected one of {sorted(PRESETS)}")
         if self.fp8 and self.transformer_impl != "te":
             raise ValueError("--fp8 needs Transformer Engine: add --transformer-impl te")
+        if self.transformer_impl == "te" and not self.bf16:
+            # TE turns its unfused attention off for THD (packed) input: fp32 would have no backend.
+            raise ValueError("--transformer-impl te needs --bf16: Transformer Engine has no fp32 attention "
+                             "backend for packed (THD) sequences")
+        _at_least(self, ("fp8_amax_history_len",), 1)
         if self.freeze_vision and self.freeze_projector and self.freeze_language:
             raise ValueError("every part of the model is frozen (--freeze-vision, --freeze-projector, "
                              "--freeze-language): nothing to train")
@@ -89,9 +101,13 @@ class ParallelConfig:
     """how full recomputation picks layers (with --recompute-granularity full)"""
     recompute_num_layers: int | None = None
     """layers per recomputed group (uniform) or recomputed layers per stage (block)"""
+    distributed_timeout_minutes: int = 10
+    """minutes a collective may wait for the other ranks before the process group fails (Megatron-LM's
+    default); raise it when a step or a save can keep one rank away longer"""
 
     def __post_init__(self) -> None:
-        _at_least(self, ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"), 1)
+        _at_least(self, ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                         "distributed_timeout_minutes"), 1)
         _at_least(self, ("virtual_pipeline_model_parallel_size", "recompute_num_layers"), 1, optional=True)
 
 
@@ -241,9 +257,15 @@ class LoggingSection:
     """W&B mode"""
     debug: bool = False
     """show full tracebacks for configuration and data errors"""
+    peak_tflops: float | None = None
+    """dense bf16 peak of one GPU in TFLOP/s, the denominator of MFU; unset: NVIDIA's figure for an H100,
+    H200, A100 or B200 (training/metrics.py), and no MFU on other devices"""
 
     def __post_init__(self) -> None:
         _at_least(self, ("log_interval",), 1)
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"--peak-tflops is {self.peak_tflops!r}; it must be a positive number of TFLOP/s "
+                             f"(or left unset)")
 
 
 @dataclass(frozen=True, kw_only=True)

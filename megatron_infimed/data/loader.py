@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -41,7 +41,7 @@ from megatron_infimed.data.blending import StreamItem, StreamSpec, WorkerStreams
 from megatron_infimed.data.dry_spell import NoUsableSamples
 from megatron_infimed.data.images import ImagePreprocessor
 from megatron_infimed.data.pack import Pack
-from megatron_infimed.data.pack_builder import PackLayout, build_padded_batch, build_pack
+from megatron_infimed.data.pack_builder import PackLayout, build_pack, build_padded_batch
 from megatron_infimed.data.packing import OnlinePacker
 from megatron_infimed.data.preprocess import Sample, SamplePreprocessor
 from megatron_infimed.data.streaming import DatasetIndex, ErrorRecord
@@ -157,7 +157,7 @@ class TrainLoader:
         return worker
 
     # -- micro-batches ------------------------------------------------------------------------
-    def __iter__(self) -> "TrainLoader":
+    def __iter__(self) -> TrainLoader:
         return self
 
     def __next__(self) -> Pack:
@@ -243,8 +243,8 @@ class TrainLoader:
                 diff = {k: (saved[k], mine[k]) for k in mine if saved[k] != mine[k]}
                 raise ValueError(f"loader state does not match this loader (saved vs now: {diff}, dp_rank "
                                  f"{state.get('dp_rank')} vs {self.spec.dp_rank}); the data split would change. "
-                                 f"Keep the data settings to resume, or restart the streams from the furthest saved epoch "
-                                 f"(--reset-data-state in infimed-train; reset=True here)")
+                                 f"Keep the data settings to resume, or restart the streams from the furthest "
+                                 f"saved epoch (--reset-data-state in infimed-train; reset=True here)")
             epoch = max((e for ws in state["worker_states"] if ws for e, _ in ws["datasets"]), default=0)
             n = len(self.spec.indexes)
             self._starts = [{"datasets": [(epoch, 0)] * n, "counts": [0] * n, "done": [False] * n}
@@ -274,7 +274,7 @@ class TrainLoader:
 
 def build_train_loader(config: DataConfig, batch: BatchSection, model_config: ModelConfig, tokenizer: Tokenizer,
                        dp_rank: int, dp_size: int, seed: int, context_parallel: int = 1,
-                       fp8: bool = False) -> TrainLoader:
+                       fp8_recipe: str | None = None) -> TrainLoader:
     """The loader of one data-parallel rank; ``model_config.image_token_id`` must be the tokenizer's."""
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank {dp_rank} is outside 0..{dp_size - 1}")
@@ -284,7 +284,7 @@ def build_train_loader(config: DataConfig, batch: BatchSection, model_config: Mo
     vision = model_config.vision
     if not config.paths:
         raise ValueError("data.paths is empty; give at least one prepared dataset folder")
-    layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=context_parallel, fp8=fp8,
+    layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=context_parallel, fp8_recipe=fp8_recipe,
                         pad_id=tokenizer.pad_id, image_mean=tuple(vision.image_mean),
                         image_std=tuple(vision.image_std))
     images = ImagePreprocessor.for_vision(vision, config.image_resize, config.jpeg_draft)

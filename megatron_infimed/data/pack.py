@@ -40,6 +40,9 @@ class Pack:
     # Slots that hold no sample (alignment padding folded into the last segment, or a trailing
     # padding segment); real tokens = T - num_padding.
     num_padding: int = 0
+    # The longest segment, known before the tensors leave the host (``to``), so that reading it
+    # on a GPU costs no device-to-host sync per micro-batch.
+    _max_seqlen: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -51,7 +54,9 @@ class Pack:
 
     @property
     def max_seqlen(self) -> int:
-        return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max().item())
+        if self._max_seqlen is None:
+            self._max_seqlen = int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max().item())
+        return self._max_seqlen
 
     def validate(self) -> None:
         """Raise ValueError naming the first broken invariant."""
@@ -68,12 +73,14 @@ class Pack:
             raise ValueError(f"Pack holds {self.images.shape[0]} images but images_per_sample sums to "
                              f"{sum(self.images_per_sample)}")
 
-    def to(self, device: torch.device | str) -> "Pack":
-        """The same pack with its tensors on ``device`` (metadata shared)."""
-        return replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_FIELDS})
+    def to(self, device: torch.device | str) -> Pack:
+        """The same pack with its tensors on ``device`` (metadata shared, ``max_seqlen`` included)."""
+        moved = replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_FIELDS})
+        moved._max_seqlen = self.max_seqlen
+        return moved
 
     @staticmethod
-    def concat(packs: list["Pack"]) -> "Pack":
+    def concat(packs: list[Pack]) -> Pack:
         """Lay several packs end to end as one THD micro-batch (attention stays per segment)."""
         if len(packs) == 1:
             return packs[0]
@@ -93,7 +100,7 @@ class Pack:
             num_padding=sum(p.num_padding for p in packs),
         )
 
-    def padded_to(self, length: int, pad_id: int) -> "Pack":
+    def padded_to(self, length: int, pad_id: int) -> Pack:
         """Append one padding segment so the pack holds exactly ``length`` slots (pipeline stages
         exchange fixed shapes). The padding attends only to itself and carries no loss."""
         extra = length - self.num_tokens

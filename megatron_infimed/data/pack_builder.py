@@ -14,8 +14,10 @@ module only sets the weights. With ``n_i`` the trainable tokens of sample ``i``:
 Padding (never trained, weight 0, label IGNORE_INDEX, counted in ``Pack.num_padding``):
 - context parallelism (cp > 1): each sample is padded to a multiple of 2×cp (load-balanced CP
   splits each sequence into 2×cp chunks);
-- FP8: the pack is padded to a multiple of 16 by extending its LAST segment (cu_seqlens[-1] moves,
-  no empty segment appears); positions continue inside the padding.
+- FP8: the pack is padded to a multiple of 16 (32 for the mxfp8 recipe) by extending its LAST
+  segment (cu_seqlens[-1] moves, no empty segment appears); positions continue inside the padding.
+- sequence parallelism: the pack's length is also a multiple of the tensor-parallel size, which
+  splits the sequence. ``pad_multiple`` is the one definition of the pack alignment.
 
 Without packing (``build_padded_batch``) each sample is its own segment padded to the longest one
 in the micro-batch, so ``cu_seqlens = [0, L, 2L, ...]``: the same THD model input, but the compute
@@ -34,6 +36,30 @@ from megatron_infimed.data.pack import IGNORE_INDEX, Pack
 from megatron_infimed.data.preprocess import Sample
 
 LOSS_WEIGHTINGS = ("token", "sample", "square")
+FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
+
+
+def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False, context_parallel: int = 1,
+                 fp8_recipe: str | None = None) -> int:
+    """What every pack length is a multiple of, from TP × SP × CP × the FP8 recipe:
+
+    | reason                         | multiple                          |
+    |--------------------------------|-----------------------------------|
+    | context parallelism (cp > 1)   | 2·cp (each sample, load-balanced) |
+    | sequence parallelism           | tp (the sequence is split)        |
+    | FP8 GEMMs (Transformer Engine) | 16, or 32 for mxfp8               |
+
+    ``pad_multiple(tensor_parallel=2, sequence_parallel=True, context_parallel=2, fp8_recipe="mxfp8")``
+    is lcm(4, 2, 32) = 32.
+    """
+    if fp8_recipe is not None and fp8_recipe not in FP8_RECIPES:
+        raise ValueError(f"unknown FP8 recipe {fp8_recipe!r}; expected one of {FP8_RECIPES}")
+    multiple = 2 * context_parallel if context_parallel > 1 else 1
+    if sequence_parallel:
+        multiple = math.lcm(multiple, tensor_parallel)
+    if fp8_recipe is not None:
+        multiple = math.lcm(multiple, 32 if fp8_recipe == "mxfp8" else 16)
+    return multiple
 
 
 @dataclass(frozen=True)
@@ -42,7 +68,9 @@ class PackLayout:
 
     loss_weighting: str = "token"
     context_parallel: int = 1
-    fp8: bool = False
+    fp8_recipe: str | None = None  # None: no FP8; else the recipe, which sets the alignment
+    tensor_parallel: int = 1
+    sequence_parallel: bool = False
     pad_id: int = 0
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -58,9 +86,14 @@ class PackLayout:
         return 2 * self.context_parallel if self.context_parallel > 1 else 1
 
     @property
+    def aligned(self) -> bool:
+        """Is the whole pack aligned beyond its samples' own CP multiple (FP8 or SP)?"""
+        return self.pack_multiple != self.sample_multiple
+
+    @property
     def pack_multiple(self) -> int:
         """Every pack length is a multiple of this (lcm keeps the extended last segment CP-aligned)."""
-        return math.lcm(16, self.sample_multiple) if self.fp8 else self.sample_multiple
+        return pad_multiple(self.tensor_parallel, self.sequence_parallel, self.context_parallel, self.fp8_recipe)
 
     def slots(self, sample_length: int) -> int:
         """Slots a sample occupies in a pack, CP padding included."""
@@ -92,8 +125,8 @@ def _assemble(samples: list[Sample], layout: PackLayout, segment_length: int | N
         raise ValueError("cannot build a pack from zero samples")
     slots = [segment_length if segment_length is not None else layout.slots(s.length) for s in samples]
     total = sum(slots)
-    extra = -total % layout.pack_multiple if layout.fp8 else 0
-    slots[-1] += extra  # FP8 alignment extends the last segment
+    extra = -total % layout.pack_multiple if layout.aligned else 0
+    slots[-1] += extra  # FP8/SP alignment extends the last segment
     ids, labels = [], []
     for sample, slot in zip(samples, slots):
         ids.append(sample.input_ids)
@@ -130,6 +163,6 @@ def build_pack(samples: list[Sample], layout: PackLayout) -> Pack:
 def build_padded_batch(samples: list[Sample], layout: PackLayout) -> Pack:
     """``--no-packing``: every sample padded to the longest of the micro-batch (one segment each)."""
     longest = max(layout.slots(s.length) for s in samples)
-    if layout.fp8:  # align every row instead of extending the last one, so all rows stay equal
+    if layout.aligned:  # align every row instead of extending the last one, so all rows stay equal
         longest = -(-longest // layout.pack_multiple) * layout.pack_multiple
     return _assemble(samples, layout, longest)

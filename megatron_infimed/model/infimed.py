@@ -15,27 +15,35 @@ Tensors follow megatron's shapes: tokens ``[1, T]`` (one packed row), hidden ``[
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.vision.clip_vit_model import CLIPViTModel
 from megatron.core.models.vision.multimodal_projector import MultimodalProjector
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import Tensor
 
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model import specs
 from megatron_infimed.model.token_reduction import reduce_image_tokens, reduced_channels, tokens_per_image
+from megatron_infimed.model.transformer_configs import (
+    Fp8,
+    Target,
+    language_kwargs,
+    projector_kwargs,
+    vision_kwargs,
+)
 
 
 class InfiMedModel(MegatronModule):
     def __init__(self, config: ModelConfig, *, pre_process: bool = True, post_process: bool = True,
                  parallel: ParallelConfig | None = None, transformer_impl: str = "local",
-                 dtype: torch.dtype = torch.float32, vp_stage: int | None = None):
+                 dtype: torch.dtype = torch.float32, vp_stage: int | None = None, fp8: Fp8 | None = None):
         parallel = parallel or ParallelConfig()
-        lang_tc = specs.language_transformer_config(config, parallel, dtype)
+        target = Target.here(transformer_impl)
+        lang_tc = TransformerConfig(**language_kwargs(config, parallel, dtype, target, fp8))
         super().__init__(config=lang_tc)
         self.model_config = config
         self.model_type = ModelType.encoder_or_decoder
@@ -55,7 +63,7 @@ class InfiMedModel(MegatronModule):
         if pre_process:
             vis = config.vision
             self.vision_model = CLIPViTModel(
-                specs.vision_transformer_config(config, parallel, dtype),
+                TransformerConfig(**vision_kwargs(config, parallel, dtype, target, fp8)),
                 specs.vision_layer_spec(transformer_impl),
                 ln_pre_impl=specs.vision_norm(transformer_impl), ln_post_impl=specs.vision_norm(transformer_impl),
                 add_class_token=False, class_token_len=0, patch_dim=vis.patch_size,
@@ -64,7 +72,7 @@ class InfiMedModel(MegatronModule):
                 model_subtype="siglip",
             )
             self.projector = MultimodalProjector(
-                specs.projector_transformer_config(config, parallel, dtype),
+                TransformerConfig(**projector_kwargs(config, parallel, dtype, target, fp8)),
                 specs.projector_spec(transformer_impl), projector_type="mlp",
                 input_size=reduced_channels(config),
             )
@@ -86,14 +94,15 @@ class InfiMedModel(MegatronModule):
 
     def embed(self, tokens: Tensor, position_ids: Tensor, images: Tensor | None,
               images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
-              cu_seqlens: Tensor | None = None) -> Tensor:
+              cu_seqlens: Tensor | None = None, checked: bool = False) -> Tensor:
         """Text embeddings with image embeddings written over the image-token positions: [L, B, H].
 
         Images fill the image positions of ``tokens`` [B, L] in reading order: row by row.
         """
         is_image = tokens == self.model_config.image_token_id
         num_images = 0 if images is None else images.shape[0]
-        self._check_image_count(is_image.view(-1), num_images, images_per_sample, sample_ids, cu_seqlens)
+        if not checked:
+            self._check_image_count(is_image.view(-1), num_images, images_per_sample, sample_ids, cu_seqlens)
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         if num_images == 0:
             return embeddings
@@ -119,6 +128,14 @@ class InfiMedModel(MegatronModule):
                          f"{found} image tokens (= {found / self.image_tokens:g} images at "
                          f"{self.image_tokens} tokens each) but {num_images} image(s)")
 
+    def check_pack(self, pack) -> None:
+        """The checks ``forward`` makes, on a pack still on the host (``data.pack.Pack``): the
+        training feed calls it before the pack moves, so the device needs no sync to check."""
+        self.check_lengths(pack.cu_seqlens, pack.sample_ids)
+        is_image = pack.tokens == self.model_config.image_token_id
+        self._check_image_count(is_image, pack.images.shape[0], pack.images_per_sample, pack.sample_ids,
+                                pack.cu_seqlens)
+
     def check_lengths(self, cu_seqlens: Tensor, sample_ids: list[str] | None) -> None:
         limit = self.model_config.language.max_position_embeddings
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
@@ -131,16 +148,18 @@ class InfiMedModel(MegatronModule):
     def forward(self, tokens: Tensor, position_ids: Tensor, *, images: Tensor | None = None,
                 packed_seq_params: PackedSeqParams | None = None, labels: Tensor | None = None,
                 images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
-                attention_mask: Tensor | None = None, inference_context=None) -> Tensor:
+                attention_mask: Tensor | None = None, inference_context=None, checked: bool = False) -> Tensor:
         """Per-token loss ``[1, T]`` when ``labels`` is given on the last stage, else logits
         (last stage) or hidden states (other stages). ``inference_context`` (megatron-core's
-        ``StaticInferenceContext``) turns on the KV cache for generation."""
+        ``StaticInferenceContext``) turns on the KV cache for generation. ``checked``: the caller
+        ran ``check_pack`` on the host, so the lengths and image counts are not checked again here."""
         cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
         decoder_input = None
         if self.pre_process:
-            if cu_seqlens is not None:
+            if cu_seqlens is not None and not checked:
                 self.check_lengths(cu_seqlens, sample_ids)
-            decoder_input = self.embed(tokens, position_ids, images, images_per_sample, sample_ids, cu_seqlens)
+            decoder_input = self.embed(tokens, position_ids, images, images_per_sample, sample_ids, cu_seqlens,
+                                       checked)
         if labels is not None:
             # Ignored positions carry weight 0 in the loss; megatron's cross entropy wants a valid id.
             labels = labels.clamp(min=0)

@@ -13,33 +13,20 @@ Which attention, MLP and norm a layer uses is chosen here, by spec, never by ``i
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-
-import torch
-import torch.nn.functional as F
 
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_infimed.config.presets import ModelConfig
-from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model.packed_attention import PackedDotProductAttention
-from megatron_infimed.runtime import cpu_backend
 
 TRANSFORMER_IMPLS = ("local", "te")
+# A local layer's separate pre-norms are stored under the names of TE's fused norm + linear.
+TE_NORM_KEYS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
 
-# Settings that keep megatron-core off fused CUDA kernels; the TE path turns the useful ones back on.
-_PORTABLE = dict(
-    hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=False, bias_dropout_fusion=False,
-    apply_rope_fusion=False, masked_softmax_fusion=False, gradient_accumulation_fusion=False,
-    persist_layer_norm=False, cross_entropy_loss_fusion=False,
-)
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check_impl(impl: str) -> None:
     if impl not in TRANSFORMER_IMPLS:
         raise ValueError(f"unknown transformer_impl '{impl}'; expected one of {TRANSFORMER_IMPLS}")
@@ -49,69 +36,6 @@ def _check_impl(impl: str) -> None:
         except ImportError as error:
             raise ImportError("transformer_impl 'te' needs Transformer Engine (pip install "
                               "'megatron-infimed[gpu]'); use 'local' without it") from error
-
-
-def language_transformer_config(config: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
-    lang = config.language
-    return TransformerConfig(
-        num_layers=lang.num_layers, hidden_size=lang.hidden_size, ffn_hidden_size=lang.ffn_hidden_size,
-        num_attention_heads=lang.num_attention_heads, num_query_groups=lang.num_query_groups,
-        kv_channels=lang.kv_channels, normalization="RMSNorm", layernorm_epsilon=lang.norm_epsilon,
-        qk_layernorm=True, gated_linear_unit=True, activation_func=F.silu,
-        add_bias_linear=False, add_qkv_bias=False,
-        **_common(parallel, dtype),
-    )
-
-
-def vision_transformer_config(config: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
-    vis = config.vision
-    parallel = _first_stage_only(parallel)
-    return TransformerConfig(
-        num_layers=vis.num_layers, hidden_size=vis.hidden_size, ffn_hidden_size=vis.ffn_hidden_size,
-        num_attention_heads=vis.num_attention_heads, kv_channels=vis.hidden_size // vis.num_attention_heads,
-        normalization="LayerNorm", layernorm_epsilon=vis.norm_epsilon,
-        # SigLIP's MLP uses the tanh approximation of GELU.
-        activation_func=functools.partial(F.gelu, approximate="tanh"),
-        add_bias_linear=True, add_qkv_bias=True, gated_linear_unit=False,
-        **_common(parallel, dtype),
-    )
-
-
-def projector_transformer_config(config: ModelConfig, parallel: ParallelConfig,
-                                 dtype: torch.dtype) -> TransformerConfig:
-    parallel = _first_stage_only(parallel)
-    return TransformerConfig(
-        num_layers=1, hidden_size=config.language.hidden_size,
-        ffn_hidden_size=config.projector_hidden_size or config.language.hidden_size,
-        # No attention in a projector; heads only has to divide by the tensor-parallel size.
-        num_attention_heads=parallel.tensor_model_parallel_size,
-        activation_func=F.gelu, add_bias_linear=True, gated_linear_unit=False,
-        **_common(parallel, dtype),
-    )
-
-
-def _first_stage_only(parallel: ParallelConfig) -> ParallelConfig:
-    """The vision encoder and the projector live whole on the first pipeline stage."""
-    return dataclasses.replace(parallel, pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None)
-
-
-def _common(parallel: ParallelConfig, dtype: torch.dtype) -> dict:
-    return dict(
-        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
-        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
-        # Weights are created whole on the CPU and then sharded, so they do not depend on the
-        # layout; model.init then sets them from per-name seeds.
-        use_cpu_initialization=True, perform_initialization=False,
-        calculate_per_token_loss=True,
-        recompute_granularity=parallel.recompute_granularity,
-        recompute_method=parallel.recompute_method,
-        recompute_num_layers=parallel.recompute_num_layers,
-        **_PORTABLE,
-        **cpu_backend.config_overrides(),
-    )
 
 
 def language_layer_spec(impl: str) -> ModuleSpec:
@@ -134,6 +58,9 @@ def vision_layer_spec(impl: str) -> ModuleSpec:
     # megatron-core 0.16.1's local ViT spec is causal; a vision encoder must see the whole image.
     spec.submodules.self_attention.params = {"attn_mask_type": AttnMaskType.no_mask}
     spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    # Checkpoint keys as Transformer Engine names them (its linears fuse the pre-norms), so a
+    # local-layer checkpoint loads into TE layers and back, as megatron's local GPT spec does.
+    spec.submodules.sharded_state_dict_keys_map = dict(TE_NORM_KEYS)
     return spec
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -99,12 +100,15 @@ def initialize(parallel: ParallelConfig, seed: int) -> WorldInfo:
             backend="nccl" if use_cuda else "gloo",
             init_method=f"tcp://{world.master_addr}:{world.master_port}",
             rank=world.rank, world_size=world.world_size,
+            timeout=timedelta(minutes=parallel.distributed_timeout_minutes),
         )
+    # The tensor/pipeline/data-parallel groups get the same timeout (megatron-core's default is 30).
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
+        distributed_timeout_minutes=parallel.distributed_timeout_minutes,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     # On the CPU the tracker seeding above touched the default generator: give it a known state.

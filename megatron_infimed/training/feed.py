@@ -26,10 +26,10 @@ Every model chunk of a rank (virtual pipelining) iterates over the same list.
 from __future__ import annotations
 
 import time
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
-
 from megatron.core import parallel_state
 
 from megatron_infimed.config.presets import ModelConfig
@@ -86,14 +86,15 @@ class ShardSource:
 def build_source(config: RunConfig, model_config: ModelConfig, tokenizer: Tokenizer | None, dp_rank: int,
                  dp_size: int, num_microbatches: int) -> PackSource:
     """This data-parallel rank's source: mock packs, or the shard loader over ``config.data``."""
-    batch, cp, fp8 = config.batch, config.parallel.context_parallel_size, bool(config.model.fp8)
+    batch, cp = config.batch, config.parallel.context_parallel_size
+    fp8_recipe = config.model.fp8_recipe if config.model.fp8 else None
     if config.data.mock_data:
-        layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=cp, fp8=fp8,
+        layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=cp, fp8_recipe=fp8_recipe,
                             image_mean=model_config.vision.image_mean, image_std=model_config.vision.image_std)
         return MockDataIterator(model_config, batch.seq_length, batch.micro_batch_size, config.optim.seed,
                                 dp_rank, dp_size, num_microbatches, config.data.reset_data_state, layout)
     loader = build_train_loader(config.data, batch, model_config, tokenizer, dp_rank, dp_size, config.optim.seed,
-                                context_parallel=cp, fp8=fp8)
+                                context_parallel=cp, fp8_recipe=fp8_recipe)
     return ShardSource(loader, batch.micro_batch_slots, tokenizer.pad_id, config.data.reset_data_state)
 
 
@@ -144,12 +145,17 @@ class StepFeed:
         return seconds
 
 
-def micro_batch(data_iterator: Iterator[Pack]) -> Pack:
+def micro_batch(data_iterator: Iterator[Pack], check) -> Pack:
     """The next pack of this step on this rank's device: tensor-parallel rank 0 takes it from the
-    step's list and moves it (each pack reaches the device when its micro-batch runs, not a whole
-    step's images at once), then sends it to the rest of its tensor-parallel group."""
-    local = (next(data_iterator).to(distributed.device())
-             if parallel_state.get_tensor_model_parallel_rank() == 0 else None)
+    step's list, checks it on the host with ``check`` (the model's ``check_pack``: lengths and image
+    counts, so the device never syncs to check them) and moves it (each pack reaches the device
+    when its micro-batch runs, not a whole step's images at once), then sends it to the rest of its
+    tensor-parallel group."""
+    local = None
+    if parallel_state.get_tensor_model_parallel_rank() == 0:
+        local = next(data_iterator)
+        check(local)
+        local = local.to(distributed.device())
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return local
     packs, _ = broadcast_packs([local] if local is not None else None,
@@ -178,7 +184,7 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
             {"sizes": {name: tuple(getattr(p, name).shape) for name in fields},
              "dtypes": {name: getattr(p, name).dtype for name in fields},
              "sample_ids": p.sample_ids, "images_per_sample": p.images_per_sample, "num_padding": p.num_padding,
-             "image_shape": tuple(p.images.shape[1:])}
+             "image_shape": tuple(p.images.shape[1:]), "max_seqlen": p.max_seqlen}
             for p in packs]}]
     torch.distributed.broadcast_object_list(header, src=src, group=group)
     meta = header[0]["packs"]
@@ -204,6 +210,8 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
         if "images" not in tensors:  # the count, no pixels
             tensors["images"] = torch.empty(sum(m["images_per_sample"]), m["image_shape"][0], 0, 0,
                                             device=distributed.device())
-        received.append(Pack(**tensors, sample_ids=m["sample_ids"], images_per_sample=m["images_per_sample"],
-                             num_padding=m["num_padding"]))
+        pack = Pack(**tensors, sample_ids=m["sample_ids"], images_per_sample=m["images_per_sample"],
+                    num_padding=m["num_padding"])
+        pack._max_seqlen = m["max_seqlen"]  # from the sender's host copy: no sync on the receiver
+        received.append(pack)
     return received, header[0]["extra"]

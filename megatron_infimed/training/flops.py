@@ -1,7 +1,6 @@
-"""The FLOPs formula: one function for the training log (TFLOP/s, MFU) and the benchmarks.
+"""The FLOPs formula: one function for the training log (TFLOP/s, MFU), the benchmarks and the dry run.
 
-Model FLOPs of one training step = 3 × forward FLOPs (backward ≈ 2 × forward), counting each
-multiply-add as 2 FLOPs and ignoring norms, softmax and element-wise work:
+Forward FLOPs count each multiply-add as 2 FLOPs and ignore norms, softmax and element-wise work:
 
 decoder, per token and layer:
     2·h·(n_q + 2·n_kv)·d          QKV projection
@@ -14,23 +13,74 @@ vision, per image of P patches and layer (bidirectional):
     2·(3·c·c + c·c) + 2·2·c·f_v per patch, and 2·2·c·P² for attention; patch embedding 2·P·3p²·c
 projector, per image token: 2·(c_in·c_p + c_p·h)
 
-Frozen parts are counted like trained ones: MFU measures the model's arithmetic, as Megatron-LM's
-formula does, not only what produces gradients.
+A training step costs each part of the model a multiple of its forward FLOPs. The parts run in
+the order vision → projector → language; backward through a part computes its weight gradients
+(≈ 1 forward) when it trains, and its input gradients (≈ 1 forward) when a part before it trains,
+since that part's gradient has to pass through. So the first trainable part, going backwards from
+a frozen one, decides:
+
+| the part    | a part before it trains | passes | why                                         |
+|-------------|-------------------------|--------|---------------------------------------------|
+| trains      | either                  | 3      | forward, input gradients, weight gradients  |
+| frozen      | yes                     | 2      | forward, input gradients only               |
+| frozen      | no                      | 1      | forward only: autograd stops at it          |
+
+e.g. LLaVA's projector pre-training (``--freeze-vision --freeze-language``): vision 1×, projector
+3×, language 2×; counting every part at 3× would overstate that run's MFU about 1.6-fold for
+infimed-1.7b (1,500-token samples with one image each). A trained part whose predecessors are
+frozen skips its first layer's input gradient; like Megatron-LM's formula, this ignores that.
+
+Useful work only (``pack_training_flops``, what the training log uses): MFU counts the FLOPs the
+model needs for its samples (PaLM's definition, Megatron-LM's formula), so the padding segment that
+fills a pack to the micro-batch's slots is left out, though the GPU computes it; ``fill_ratio``
+reports its share. Alignment padding inside a sample's segment (context parallelism, FP8,
+``--no-packing``) is left out of the per-token terms, but its query-key pairs stay in the attention
+term: a pack does not record where inside its segment a sample ends.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Collection, Sequence
+
+import torch
 
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.config.run import ModelSection
+from megatron_infimed.data.pack import IGNORE_INDEX, Pack
 from megatron_infimed.model.token_reduction import reduced_channels, tokens_per_image
 
+# The model's parts in forward order, named as --freeze-vision, --freeze-projector, --freeze-language.
+PARTS = ("vision", "projector", "language")
 
-def decoder_forward_flops(config: ModelConfig, segment_lengths: Sequence[int]) -> float:
+
+def frozen_parts(model: ModelSection) -> frozenset[str]:
+    """The parts ``model`` freezes, e.g. ``frozenset({"vision"})`` for ``--freeze-vision``."""
+    return frozenset(part for part in PARTS if getattr(model, f"freeze_{part}"))
+
+
+def passes_per_part(frozen: Collection[str] = ()) -> dict[str, int]:
+    """Forward-pass equivalents each part costs per training step (the table above).
+
+    ``passes_per_part({"vision", "language"})`` → ``{"vision": 1, "projector": 3, "language": 2}``.
+    """
+    unknown = set(frozen) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown model part(s) {sorted(unknown)} to freeze; expected some of {list(PARTS)}")
+    passes, earlier_trains = {}, False
+    for part in PARTS:
+        trains = part not in frozen
+        passes[part] = 3 if trains else 2 if earlier_trains else 1
+        earlier_trains = earlier_trains or trains
+    return passes
+
+
+def decoder_forward_flops(config: ModelConfig, segment_lengths: Sequence[int], num_tokens: int | None = None) -> float:
+    """Forward FLOPs of the language model over packed segments; ``num_tokens`` counts the per-token
+    terms (projections, MLP, logits) when it differs from the segments' slots (their padding)."""
     lang = config.language
     h, d, f = lang.hidden_size, lang.kv_channels, lang.ffn_hidden_size
     nq, nkv = lang.num_attention_heads, lang.num_query_groups
-    tokens = sum(segment_lengths)
+    tokens = sum(segment_lengths) if num_tokens is None else num_tokens
     dense = 2 * h * (nq + 2 * nkv) * d + 2 * nq * d * h + 3 * 2 * h * f
     pairs = sum(length * (length + 1) / 2 for length in segment_lengths)
     attention = 2 * 2 * nq * d * pairs
@@ -38,19 +88,43 @@ def decoder_forward_flops(config: ModelConfig, segment_lengths: Sequence[int]) -
 
 
 def vision_forward_flops(config: ModelConfig, num_images: int) -> float:
+    """Forward FLOPs of the vision tower (patch embedding and layers) over ``num_images`` images."""
     vis = config.vision
     c, f, p = vis.hidden_size, vis.ffn_hidden_size, vis.num_patches
     per_patch = 2 * (3 * c * c + c * c) + 2 * 2 * c * f
     per_image = vis.num_layers * (per_patch * p + 2 * 2 * c * p * p) + 2 * p * 3 * vis.patch_size**2 * c
-    projector_hidden = config.projector_hidden_size or config.language.hidden_size
-    projector = tokens_per_image(config) * 2 * (
-        reduced_channels(config) * projector_hidden + projector_hidden * config.language.hidden_size)
-    return num_images * (per_image + projector)
+    return num_images * per_image
 
 
-def training_flops(config: ModelConfig, segment_lengths: Sequence[int], num_images: int) -> float:
-    """Model FLOPs of forward + backward over one pack (segments as in ``cu_seqlens``)."""
-    return 3.0 * (decoder_forward_flops(config, segment_lengths) + vision_forward_flops(config, num_images))
+def projector_forward_flops(config: ModelConfig, num_images: int) -> float:
+    """Forward FLOPs of the projector over the image tokens left after token reduction."""
+    hidden = config.projector_hidden_size or config.language.hidden_size
+    per_token = 2 * (reduced_channels(config) * hidden + hidden * config.language.hidden_size)
+    return num_images * tokens_per_image(config) * per_token
+
+
+def training_flops(config: ModelConfig, segment_lengths: Sequence[int], num_images: int,
+                   frozen: Collection[str] = (), num_tokens: int | None = None) -> float:
+    """Model FLOPs of forward + backward over one pack (segments as in ``cu_seqlens``), each part
+    counted by ``passes_per_part(frozen)``."""
+    passes = passes_per_part(frozen)
+    return (passes["vision"] * vision_forward_flops(config, num_images)
+            + passes["projector"] * projector_forward_flops(config, num_images)
+            + passes["language"] * decoder_forward_flops(config, segment_lengths, num_tokens))
+
+
+def pack_training_flops(config: ModelConfig, pack: Pack, frozen: Collection[str] = ()) -> float:
+    """Useful training FLOPs of ``pack``: its samples' segments and real tokens, not its padding.
+
+    A segment holds a sample when one of its labels is trained: padding never is, and the loader
+    drops a sample without a trained label. E.g. ``cu_seqlens = [0, 300, 500, 512]`` with trained
+    labels in the first two segments and ``num_padding = 12`` counts segments [300, 200], 500 tokens.
+    """
+    cu = pack.cu_seqlens.long()
+    trained_before = torch.nn.functional.pad((pack.labels != IGNORE_INDEX).long().cumsum(0), (1, 0))
+    has_sample = trained_before[cu[1:]] > trained_before[cu[:-1]]
+    lengths = (cu[1:] - cu[:-1])[has_sample].tolist()
+    return training_flops(config, lengths, int(pack.images.shape[0]), frozen, num_tokens=pack.num_real_tokens)
 
 
 def flops_per_token(config: ModelConfig, seq_length: int = 4096) -> float:

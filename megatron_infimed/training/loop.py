@@ -13,18 +13,17 @@ import signal
 import time
 
 import torch
-
 from megatron.core import parallel_state
 
+from megatron_infimed.checkpoint import dist as checkpoint
+from megatron_infimed.checkpoint.layout import pretrained_point, resume_point
 from megatron_infimed.config.run import RunConfig
 from megatron_infimed.runtime import distributed
-from megatron_infimed.checkpoint import dist as checkpoint
 from megatron_infimed.training.async_save import async_calls_queue
 from megatron_infimed.training.metrics import MetricsLogger, SampleLedger, peak_tflops, step_record
 from megatron_infimed.training.run import Run, build_run
 from megatron_infimed.training.signals import StoppedBySignal, StopRequest, stop_reasons
 from megatron_infimed.training.step import Stepper
-from megatron_infimed.checkpoint.layout import pretrained_point, resume_point
 
 
 def train(config: RunConfig) -> dict:
@@ -59,7 +58,7 @@ def _loop(run: Run, stop: StopRequest) -> dict:
     ledger = SampleLedger(config.logging.run_dir, last_stage_tp0)
     logger.start_at(run.iteration)
     ledger.start_at(run.iteration, parallel_state.get_data_parallel_rank())
-    peak = peak_tflops()
+    peak = peak_tflops(config.logging.peak_tflops)
     async_queue = async_calls_queue() if config.checkpoint.async_save else None
     record: dict = {}
     try:

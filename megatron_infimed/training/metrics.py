@@ -4,36 +4,61 @@
 A resumed run redoes the iterations after its checkpoint; both files are first cut back to the
 resumed iteration (``truncate_jsonl``), so each iteration has exactly one line.
 
-Throughput counts real tokens only (padding excluded). TFLOP/s per GPU uses the one FLOPs
-formula in ``training.flops``; MFU divides it by the device's dense bf16 peak (known H100/H200
-figures, or ``INFIMED_PEAK_TFLOPS``); on a CPU there is no peak and MFU is reported as null.
+Throughput counts real tokens only (padding excluded). TFLOP/s per GPU is the useful model work
+of the step by the one FLOPs formula (``training.flops.pack_training_flops``: frozen parts at
+their real cost, padding left out); MFU divides it by one GPU's dense bf16 peak, ``--peak-tflops``
+or NVIDIA's figure for the device (``device_peak_tflops``). On a CPU, or a GPU missing from the
+table without ``--peak-tflops``, MFU is reported as null.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
-
 from megatron.core import parallel_state
 
 from megatron_infimed.config.run import LoggingSection
 from megatron_infimed.runtime import distributed
-from megatron_infimed.training.flops import training_flops
+from megatron_infimed.training.flops import frozen_parts, pack_training_flops
 
-# Dense bf16 peaks without sparsity (NVIDIA datasheets).
-_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Dense bf16 tensor-core peaks of one GPU in TFLOP/s, without sparsity (NVIDIA datasheets: half the
+# "with sparsity" figure), as (model, variant, peak). ``torch.cuda.get_device_name()`` is split into
+# words, so "H20" never reads as "H200"; where one model ships at different clocks the variant's
+# word picks the row, and a model's row without a variant (the SXM part) comes after its variants.
+_PEAK_TFLOPS = (
+    ("H100", "PCIE", 756.0),    # "NVIDIA H100 PCIe"
+    ("H100", "NVL", 835.0),     # "NVIDIA H100 NVL" (1,671 with sparsity)
+    ("H100", None, 989.0),      # SXM5: "NVIDIA H100 80GB HBM3"
+    ("H200", "NVL", 835.0),     # "NVIDIA H200 NVL" (1,671 with sparsity)
+    ("H200", None, 989.0),      # SXM: "NVIDIA H200"
+    ("GH200", None, 989.0),     # "NVIDIA GH200 480GB": the H100 SXM's Hopper GPU
+    ("A100", None, 312.0),      # SXM4 and PCIe alike: "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"
+    ("B200", None, 2250.0),     # "NVIDIA B200"
+)
 
 
-def peak_tflops() -> float | None:
-    if "INFIMED_PEAK_TFLOPS" in os.environ:
-        return float(os.environ["INFIMED_PEAK_TFLOPS"])
+def device_peak_tflops(device_name: str) -> float | None:
+    """NVIDIA's dense bf16 peak for a device name, or None when the table does not list it.
+
+    ``"NVIDIA H100 80GB HBM3"`` → 989.0 (SXM), ``"NVIDIA H100 PCIe"`` → 756.0, ``"NVIDIA L40S"`` → None.
+    """
+    words = set(re.findall(r"[A-Z0-9]+", device_name.upper()))
+    return next((peak for model, variant, peak in _PEAK_TFLOPS
+                 if model in words and (variant is None or variant in words)), None)
+
+
+def peak_tflops(override: float | None) -> float | None:
+    """The peak MFU divides by: ``override`` (``--peak-tflops``) when set, else this GPU's figure
+    from the table; None on a CPU or an unlisted GPU."""
+    if override is not None:
+        return override
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    return next((peak for key, peak in _PEAK_TFLOPS.items() if key in name), None)
+    return device_peak_tflops(torch.cuda.get_device_name())
 
 
 def truncate_jsonl(path: Path, iteration: int) -> int:
@@ -111,8 +136,8 @@ def step_record(run, result, peak: float | None) -> dict:
     packs, seconds = result.packs, result.seconds
     real = sum(p.num_real_tokens for p in packs)
     slots = sum(p.num_tokens for p in packs)
-    flops = sum(training_flops(run.model_config, (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist(),
-                               p.images.shape[0]) for p in packs)
+    frozen = frozen_parts(run.config.model)
+    flops = sum(pack_training_flops(run.model_config, p, frozen) for p in packs)
     stats = run.feed.stats()
     totals = torch.tensor([result.loss_sum, result.weight_sum, real, slots, flops, stats.get("skipped", 0)],
                           dtype=torch.float64, device=distributed.device())

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from megatron.core import parallel_state
 
+from megatron_infimed.checkpoint import dist as checkpoint
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import RunConfig
-from megatron_infimed.checkpoint import dist as checkpoint
 from megatron_infimed.training.feed import StepFeed, build_source, reads_data
 from megatron_infimed.training.setup import build_model_chunks, build_optimizer, freeze, resolve_model, wrap_ddp
 
@@ -28,7 +28,7 @@ class StepShape:
     num_microbatches: int
 
     @classmethod
-    def of(cls, config: RunConfig) -> "StepShape":
+    def of(cls, config: RunConfig) -> StepShape:
         dp = parallel_state.get_data_parallel_world_size()
         mbs = config.batch.micro_batch_size
         gbs = config.batch.global_batch_size or mbs * dp
@@ -60,7 +60,7 @@ class Run:
 
     def load_sharded_state_dict(self, loaded: dict) -> None:
         for i, chunk in enumerate(self.chunks):
-            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+            checkpoint.load_module_state(chunk, loaded[f"model{i}"])
         self.optimizer.load_state_dict(loaded["optimizer"])
         self.scheduler.load_state_dict(loaded["scheduler"])
         self.iteration, self.consumed_samples = int(loaded["iteration"]), int(loaded["consumed_samples"])

@@ -5,7 +5,6 @@ freezing, megatron-core DistributedDataParallel, the optimizer and the learning-
 from __future__ import annotations
 
 import torch
-
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -79,6 +78,12 @@ def unwrap(model: torch.nn.Module) -> InfiMedModel:
     return model
 
 
+def with_precision(chunk: InfiMedModel, bf16: bool) -> torch.nn.Module:
+    """The one way bf16 is applied: megatron-core's Float16Module casts every parameter and buffer
+    (the ViT's patch conv and norms included) and the inputs, and returns fp32 outputs."""
+    return Float16Module(chunk.config, chunk) if bf16 else chunk
+
+
 def wrap_ddp(chunks: list[InfiMedModel], config: RunConfig) -> list[DistributedDataParallel]:
     """bf16 runs keep fp32 master weights in the optimizer and bf16 weights in Float16Module."""
     ddp_config = DistributedDataParallelConfig(
@@ -87,7 +92,7 @@ def wrap_ddp(chunks: list[InfiMedModel], config: RunConfig) -> list[DistributedD
     )
     wrapped = []
     for i, chunk in enumerate(chunks):
-        module = Float16Module(chunk.config, chunk) if config.model.bf16 else chunk
+        module = with_precision(chunk, config.model.bf16)
         wrapped.append(DistributedDataParallel(
             chunk.config, ddp_config, module,
             # As Megatron-LM does: only the first chunk buckets its gradients; the later chunks'

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -57,7 +56,7 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
 
     def forward_step(data_iterator, model):
         unwrapped = unwrap(model)
-        pack = micro_batch(data_iterator)
+        pack = micro_batch(data_iterator, unwrapped.check_pack)
         if unwrapped.post_process:
             seen.append(pack)
         output = model(
@@ -65,7 +64,7 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
             images=pack.images if unwrapped.pre_process else None,
             packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen),
             labels=pack.labels.view(1, -1) if unwrapped.post_process else None,
-            images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids,
+            images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids, checked=True,
         )
         return output, partial(accumulator.loss_func, pack.loss_weights)
 

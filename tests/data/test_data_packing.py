@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron_infimed.data.pack import IGNORE_INDEX, Pack
-from megatron_infimed.data.pack_builder import PackLayout, build_pack, build_padded_batch
+from megatron_infimed.data.pack_builder import PackLayout, build_pack, build_padded_batch, pad_multiple
 from megatron_infimed.data.packing import ALGORITHMS, OnlinePacker
 from megatron_infimed.data.preprocess import Sample
 
@@ -79,7 +79,7 @@ def test_planner_state_round_trip_gives_identical_following_packs(algorithm):
        cp=st.sampled_from([1, 2]), fp8=st.booleans())
 def test_pack_invariants_hold_for_random_mixes(spec, cp, fp8):
     samples = [synthetic_sample(f"s{i}", text, images) for i, (text, images) in enumerate(spec)]
-    layout = PackLayout(context_parallel=cp, fp8=fp8, pad_id=PAD)
+    layout = PackLayout(context_parallel=cp, fp8_recipe="delayed" if fp8 else None, pad_id=PAD)
     pack = build_pack(samples, layout)
     pack.validate()
     cu = pack.cu_seqlens.tolist()
@@ -109,7 +109,7 @@ def test_images_keep_their_order_and_are_normalised():
 
 
 def test_fp8_padding_extends_the_last_segment_to_a_multiple_of_16():
-    pack = build_pack([synthetic_sample("a", 10), synthetic_sample("b", 11)], PackLayout(fp8=True))
+    pack = build_pack([synthetic_sample("a", 10), synthetic_sample("b", 11)], PackLayout(fp8_recipe="delayed"))
     assert pack.cu_seqlens.tolist() == [0, 10, 32] and pack.num_padding == 11
     assert pack.position_ids[10:].tolist() == list(range(22))
     assert float(pack.loss_weights[21:].sum()) == 0 and bool((pack.labels[21:] == IGNORE_INDEX).all())
@@ -160,3 +160,19 @@ def test_concat_of_packs_validates_for_micro_batches():
 def test_unknown_loss_weighting_is_refused():
     with pytest.raises(ValueError, match="unknown loss weighting 'mean'"):
         PackLayout(loss_weighting="mean")
+
+
+@pytest.mark.parametrize("tp, sp, cp, recipe, multiple", [
+    (1, False, 1, None, 1), (1, False, 2, None, 4), (1, False, 1, "delayed", 16), (1, False, 1, "mxfp8", 32),
+    (2, True, 1, None, 2), (4, True, 2, None, 4), (2, True, 2, "mxfp8", 32), (8, True, 1, "tensorwise", 16),
+    (2, False, 3, "delayed", 48),
+])
+def test_the_pack_multiple_is_one_function_of_tp_sp_cp_and_the_fp8_recipe(tp, sp, cp, recipe, multiple):
+    assert pad_multiple(tp, sp, cp, recipe) == multiple
+    assert PackLayout(tensor_parallel=tp, sequence_parallel=sp, context_parallel=cp,
+                      fp8_recipe=recipe).pack_multiple == multiple
+
+
+def test_mxfp8_packs_are_multiples_of_32():
+    pack = build_pack([synthetic_sample("a", 10), synthetic_sample("b", 11)], PackLayout(fp8_recipe="mxfp8"))
+    assert pack.num_tokens == 32 and pack.num_padding == 11

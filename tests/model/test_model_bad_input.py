@@ -47,3 +47,28 @@ def test_sample_longer_than_the_model_maximum_names_the_sample(model):
     with pytest.raises(ValueError, match=r"sample 'long-one' has 70 tokens, longer than .* 64"):
         model(tokens, positions, packed_seq_params=params, sample_ids=["short", "long-one"],
               images_per_sample=[0, 0])
+
+
+def host_pack(lengths, image_tokens_per_sample, images_per_sample, sample_ids):
+    from megatron_infimed.data.pack import IGNORE_INDEX, Pack
+
+    tokens, positions, params = pack(lengths, image_tokens_per_sample)
+    total = tokens.numel()
+    return Pack(tokens=tokens.view(-1), labels=torch.full((total,), IGNORE_INDEX),
+                loss_weights=torch.zeros(total), cu_seqlens=params.cu_seqlens_q, position_ids=positions.view(-1),
+                images=torch.zeros(sum(images_per_sample), 3, 64, 64), sample_ids=sample_ids,
+                images_per_sample=images_per_sample)
+
+
+def test_the_host_check_before_a_pack_moves_gives_the_same_errors(model):
+    # Training checks packs on the host (no device sync per micro-batch) and tells forward so.
+    with pytest.raises(ValueError, match=r"sample 'b': 32 image tokens for 1 image\(s\), expected 16"):
+        model.check_pack(host_pack([40, 40], [16, 32], [1, 1], ["a", "b"]))
+    with pytest.raises(ValueError, match="sample 'long' has 70 tokens, longer than the model's maximum"):
+        model.check_pack(host_pack([70], [0], [0], ["long"]))
+    model.check_pack(host_pack([40, 20], [16, 0], [1, 0], ["a", "b"]))  # a good pack passes
+
+
+def test_a_pack_knows_its_longest_segment_before_it_moves():
+    moved = host_pack([40, 20], [16, 0], [1, 0], ["a", "b"]).to("cpu")
+    assert moved._max_seqlen == 40 == moved.max_seqlen

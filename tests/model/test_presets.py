@@ -6,8 +6,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from megatron_infimed.config.presets import PRESETS, get_preset
-from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.config.run import BatchSection, ModelSection, RunConfig
+from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.training.dry_run import count, dry_run_report
 
 

@@ -96,7 +96,8 @@ def test_an_unknown_key_inside_a_section_is_named(tmp_path):
 def test_a_choice_not_offered_is_named(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("mock_data: true\nloss_weighting: tokens\n")
-    with pytest.raises(ValueError, match=r"'loss_weighting' .* 'tokens'; expected one of \['token', 'sample', 'square'\]"):
+    message = r"'loss_weighting' .* 'tokens'; expected one of \['token', 'sample', 'square'\]"
+    with pytest.raises(ValueError, match=message):
         load_config(["--config", str(config_file)])
 
 
