@@ -27,7 +27,7 @@ import contextlib
 import torch
 from torch.overrides import TorchFunctionMode
 
-_ACTIVE_MODE: "_CudaToCpuMode | None" = None
+_ACTIVE_MODE: _CudaToCpuMode | None = None
 
 
 def _is_cuda_device(device) -> bool:
