@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from megatron_infimed.config.presets import VisionConfig
+from megatron_infimed.model.pixels import normalize_images
 
 RESIZE_MODES = ("pad", "crop")
 
@@ -87,12 +88,3 @@ class ImagePreprocessor:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return normalize_images(pixels, self.mean, self.std)
-
-
-def normalize_images(pixels: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 [..., 3, H, W] → float32 ``(x / 255 - mean) / std`` per channel, computed as one
-    conversion and an in-place multiply-add (``x · 1/(255·std) - mean/std``): the loader's
-    costliest step, so one pass instead of four (docs/benchmarks.md, loader), equal within 2e-7."""
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return pixels.to(torch.float32, copy=True).mul_(1.0 / (255.0 * s)).add_(-m / s)  # never the caller's tensor

@@ -285,8 +285,7 @@ def build_train_loader(config: DataConfig, batch: BatchSection, model_config: Mo
     if not config.paths:
         raise ValueError("data.paths is empty; give at least one prepared dataset folder")
     layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=context_parallel, fp8_recipe=fp8_recipe,
-                        pad_id=tokenizer.pad_id, image_mean=tuple(vision.image_mean),
-                        image_std=tuple(vision.image_std))
+                        pad_id=tokenizer.pad_id)
     images = ImagePreprocessor.for_vision(vision, config.image_resize, config.jpeg_draft)
     preprocessor = SamplePreprocessor(tokenizer, tokens_per_image(model_config), images)
     spec = StreamSpec(

@@ -34,15 +34,16 @@ class Pack:
     loss_weights: torch.Tensor  # [T] float32, 0 where labels == IGNORE_INDEX
     cu_seqlens: torch.Tensor  # [S + 1] int32, cu_seqlens[-1] == T
     position_ids: torch.Tensor  # [T] int64, restarting at 0 for each sample
-    images: torch.Tensor  # [K, 3, H, W] float32, in order of appearance
+    images: torch.Tensor  # [K, 3, H, W] uint8 pixels, in order of appearance (the model normalises them)
     sample_ids: list[str] = field(default_factory=list)  # one per segment that is a sample
     images_per_sample: list[int] = field(default_factory=list)  # aligned with sample_ids
     # Slots that hold no sample (alignment padding folded into the last segment, or a trailing
     # padding segment); real tokens = T - num_padding.
     num_padding: int = 0
-    # The longest segment, known before the tensors leave the host (``to``), so that reading it
-    # on a GPU costs no device-to-host sync per micro-batch.
+    # Read before the tensors leave the host (``to``), so that reading them on a GPU costs no
+    # device-to-host sync per micro-batch: the longest segment, and the segments holding samples.
     _max_seqlen: int | None = field(default=None, init=False, repr=False, compare=False)
+    _sample_lengths: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -57,6 +58,28 @@ class Pack:
         if self._max_seqlen is None:
             self._max_seqlen = int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max().item())
         return self._max_seqlen
+
+    @property
+    def sample_lengths(self) -> list[int]:
+        """Lengths of the segments that hold a sample (padding segments left out). A segment holds
+        a sample when one of its labels is trained: padding never is, and the loader drops a sample
+        without a trained label. ``cu_seqlens = [0, 300, 500, 512]`` with trained labels in the first
+        two segments gives ``[300, 200]``."""
+        if self._sample_lengths is None:
+            cu = self.cu_seqlens.long()
+            trained_before = torch.nn.functional.pad((self.labels != IGNORE_INDEX).long().cumsum(0), (1, 0))
+            has_sample = trained_before[cu[1:]] > trained_before[cu[:-1]]
+            self._sample_lengths = (cu[1:] - cu[:-1])[has_sample].tolist()
+        return self._sample_lengths
+
+    def host_facts(self) -> tuple[int, list[int]]:
+        """What the pack knows on the host (read once, then carried to other devices and ranks)."""
+        return self.max_seqlen, self.sample_lengths
+
+    def with_host_facts(self, facts: tuple[int, list[int]]) -> Pack:
+        """Set ``host_facts`` taken from the same pack elsewhere; returns self."""
+        self._max_seqlen, self._sample_lengths = facts
+        return self
 
     def validate(self) -> None:
         """Raise ValueError naming the first broken invariant."""
@@ -75,9 +98,11 @@ class Pack:
 
     def to(self, device: torch.device | str) -> Pack:
         """The same pack with its tensors on ``device`` (metadata shared, ``max_seqlen`` included)."""
-        moved = replace(self, **{name: getattr(self, name).to(device) for name in TENSOR_FIELDS})
-        moved._max_seqlen = self.max_seqlen
-        return moved
+        device = torch.device(device)
+        pin = device.type == "cuda"  # page-locked host memory lets the copy run asynchronously
+        moved = replace(self, **{name: (getattr(self, name).pin_memory() if pin else getattr(self, name))
+                                 .to(device, non_blocking=pin) for name in TENSOR_FIELDS})
+        return moved.with_host_facts(self.host_facts())
 
     @staticmethod
     def concat(packs: list[Pack]) -> Pack:

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_infimed.data.images import normalize_images
 from megatron_infimed.data.pack import IGNORE_INDEX, Pack
 from megatron_infimed.data.preprocess import Sample
 
@@ -64,7 +63,7 @@ def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False, cont
 
 @dataclass(frozen=True)
 class PackLayout:
-    """How a pack is laid out: weighting mode, alignment, pad token and image normalisation."""
+    """How a pack is laid out: weighting mode, alignment and pad token."""
 
     loss_weighting: str = "token"
     context_parallel: int = 1
@@ -72,8 +71,6 @@ class PackLayout:
     tensor_parallel: int = 1
     sequence_parallel: bool = False
     pad_id: int = 0
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -147,8 +144,8 @@ def _assemble(samples: list[Sample], layout: PackLayout, segment_length: int | N
         per_token = torch.tensor([token_weight(s.num_trainable, layout.loss_weighting) for s in samples])
         weights = trainable * per_token[segment]
     pixels = [s.pixels for s in samples if s.num_images]
-    images = (normalize_images(torch.cat(pixels), layout.image_mean, layout.image_std) if pixels else
-              torch.empty(0, 3, *samples[0].pixels.shape[2:], dtype=torch.float32))
+    # uint8 until the model's device normalises them: 4x less host memory and host-to-device traffic.
+    images = torch.cat(pixels) if pixels else torch.empty(0, 3, *samples[0].pixels.shape[2:], dtype=torch.uint8)
     return Pack(tokens=tokens, labels=labels_t, loss_weights=weights, cu_seqlens=cu, position_ids=positions,
                 images=images, sample_ids=[s.sample_id for s in samples],
                 images_per_sample=[s.num_images for s in samples],

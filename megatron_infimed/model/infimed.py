@@ -27,6 +27,7 @@ from torch import Tensor
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model import specs
+from megatron_infimed.model.pixels import normalize_images
 from megatron_infimed.model.token_reduction import reduce_image_tokens, reduced_channels, tokens_per_image
 from megatron_infimed.model.transformer_configs import (
     Fp8,
@@ -86,8 +87,16 @@ class InfiMedModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.language_model.shared_embedding_or_output_weight()
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        """[K, 3, H, W] pixels → [K × tokens_per_image, H_lang] embeddings for the decoder."""
+    def encode_images(self, images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """[K, 3, H, W] pixels → [K × tokens_per_image, H_lang] embeddings for the decoder. uint8
+        pixels (training's packs) are normalised here, on the model's device, with the vision
+        config's mean and std; float images are taken as already normalised (generation). The
+        normalised images are cast to ``dtype`` (the activations' dtype) before the encoder."""
+        if images.dtype == torch.uint8:
+            vision = self.model_config.vision
+            images = normalize_images(images, vision.image_mean, vision.image_std)
+        if dtype is not None:
+            images = images.to(dtype)
         patches = self.vision_model(images)  # [K, grid², C]
         reduced = reduce_image_tokens(patches, self.model_config)
         return self.projector(reduced.reshape(-1, reduced.shape[-1]))
@@ -106,7 +115,7 @@ class InfiMedModel(MegatronModule):
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         if num_images == 0:
             return embeddings
-        features = self.encode_images(images.to(embeddings.dtype)).to(embeddings.dtype)
+        features = self.encode_images(images, embeddings.dtype).to(embeddings.dtype)
         batch_first = embeddings.transpose(0, 1)  # scatter in the tokens' [B, L] order
         mask = is_image.unsqueeze(-1).expand_as(batch_first)
         return batch_first.masked_scatter(mask, features).transpose(0, 1)

@@ -90,7 +90,7 @@ def build_source(config: RunConfig, model_config: ModelConfig, tokenizer: Tokeni
     fp8_recipe = config.model.fp8_recipe if config.model.fp8 else None
     if config.data.mock_data:
         layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=cp, fp8_recipe=fp8_recipe,
-                            image_mean=model_config.vision.image_mean, image_std=model_config.vision.image_std)
+)
         return MockDataIterator(model_config, batch.seq_length, batch.micro_batch_size, config.optim.seed,
                                 dp_rank, dp_size, num_microbatches, config.data.reset_data_state, layout)
     loader = build_train_loader(config.data, batch, model_config, tokenizer, dp_rank, dp_size, config.optim.seed,
@@ -184,7 +184,7 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
             {"sizes": {name: tuple(getattr(p, name).shape) for name in fields},
              "dtypes": {name: getattr(p, name).dtype for name in fields},
              "sample_ids": p.sample_ids, "images_per_sample": p.images_per_sample, "num_padding": p.num_padding,
-             "image_shape": tuple(p.images.shape[1:]), "max_seqlen": p.max_seqlen}
+             "image_shape": tuple(p.images.shape[1:]), "host_facts": p.host_facts()}
             for p in packs]}]
     torch.distributed.broadcast_object_list(header, src=src, group=group)
     meta = header[0]["packs"]
@@ -212,6 +212,5 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
                                             device=distributed.device())
         pack = Pack(**tensors, sample_ids=m["sample_ids"], images_per_sample=m["images_per_sample"],
                     num_padding=m["num_padding"])
-        pack._max_seqlen = m["max_seqlen"]  # from the sender's host copy: no sync on the receiver
-        received.append(pack)
+        received.append(pack.with_host_facts(m["host_facts"]))  # the sender's host values: no sync here
     return received, header[0]["extra"]

@@ -42,11 +42,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-import torch
-
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ModelSection
-from megatron_infimed.data.pack import IGNORE_INDEX, Pack
+from megatron_infimed.data.pack import Pack
 from megatron_infimed.model.token_reduction import reduced_channels, tokens_per_image
 
 # The model's parts in forward order, named as --freeze-vision, --freeze-projector, --freeze-language.
@@ -114,17 +112,11 @@ def training_flops(config: ModelConfig, segment_lengths: Sequence[int], num_imag
 
 
 def pack_training_flops(config: ModelConfig, pack: Pack, frozen: Collection[str] = ()) -> float:
-    """Useful training FLOPs of ``pack``: its samples' segments and real tokens, not its padding.
-
-    A segment holds a sample when one of its labels is trained: padding never is, and the loader
-    drops a sample without a trained label. E.g. ``cu_seqlens = [0, 300, 500, 512]`` with trained
-    labels in the first two segments and ``num_padding = 12`` counts segments [300, 200], 500 tokens.
-    """
-    cu = pack.cu_seqlens.long()
-    trained_before = torch.nn.functional.pad((pack.labels != IGNORE_INDEX).long().cumsum(0), (1, 0))
-    has_sample = trained_before[cu[1:]] > trained_before[cu[:-1]]
-    lengths = (cu[1:] - cu[:-1])[has_sample].tolist()
-    return training_flops(config, lengths, int(pack.images.shape[0]), frozen, num_tokens=pack.num_real_tokens)
+    """Useful training FLOPs of ``pack``: its samples' segments (``Pack.sample_lengths``) and real
+    tokens, not its padding. E.g. ``cu_seqlens = [0, 300, 500, 512]`` with trained labels in the
+    first two segments and ``num_padding = 12`` counts segments [300, 200], 500 tokens."""
+    return training_flops(config, pack.sample_lengths, int(pack.images.shape[0]), frozen,
+                          num_tokens=pack.num_real_tokens)
 
 
 def flops_per_token(config: ModelConfig, seq_length: int = 4096) -> float:

@@ -22,8 +22,8 @@ from megatron_infimed.model.token_reduction import tokens_per_image
 
 
 def default_layout(config: ModelConfig) -> PackLayout:
-    """Token weighting, no alignment, the vision config's normalisation."""
-    return PackLayout(image_mean=config.vision.image_mean, image_std=config.vision.image_std)
+    """Token weighting, no alignment."""
+    return PackLayout()
 
 
 def mock_pack(config: ModelConfig, seq_length: int, seed: int, index: int,

@@ -42,7 +42,7 @@ def test_packs_are_valid_and_fit_the_sequence_length(datasets, sp_tokenizer, tin
         pack.validate()
         assert pack.num_tokens <= SEQ
         assert int((pack.tokens == sp_tokenizer.image_token_id).sum()) == 16 * pack.images.shape[0]
-        assert pack.images.shape[1:] == (3, 64, 64) and pack.images.dtype == torch.float32
+        assert pack.images.shape[1:] == (3, 64, 64) and pack.images.dtype == torch.uint8
     stats = loader.stats()
     assert stats["data/packs"] == len(packs) and stats["data/samples"] == 85
     assert 0.8 < stats["data/fill_ratio"] <= 1.0 and stats["data/samples_per_pack"] > 2

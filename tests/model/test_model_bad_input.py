@@ -72,3 +72,14 @@ def test_the_host_check_before_a_pack_moves_gives_the_same_errors(model):
 def test_a_pack_knows_its_longest_segment_before_it_moves():
     moved = host_pack([40, 20], [16, 0], [1, 0], ["a", "b"]).to("cpu")
     assert moved._max_seqlen == 40 == moved.max_seqlen
+
+
+def test_uint8_pixels_are_normalised_on_the_device_as_the_host_would(model):
+    from megatron_infimed.model.pixels import normalize_images
+
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    vision = CONFIG.vision
+    with torch.no_grad():
+        on_device = model.encode_images(pixels)
+        on_host = model.encode_images(normalize_images(pixels, vision.image_mean, vision.image_std))
+    assert torch.equal(on_device, on_host)
