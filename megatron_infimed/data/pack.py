@@ -40,6 +40,9 @@ class Pack:
     # Slots that hold no sample (alignment padding folded into the last segment, or a trailing
     # padding segment); real tokens = T - num_padding.
     num_padding: int = 0
+    # Where those slots lie: [start, end) ranges. The model zeroes their embeddings, so that no
+    # arbitrary pad-token vector reaches normalisation statistics or FP8 amax histories.
+    padding_ranges: list[tuple[int, int]] = field(default_factory=list)
     # Read before the tensors leave the host (``to``), so that reading them on a GPU costs no
     # device-to-host sync per micro-batch: the longest segment, and the segments holding samples.
     _max_seqlen: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -92,6 +95,10 @@ class Pack:
             raise ValueError(f"Pack.cu_seqlens {cu} must rise strictly from 0 to {t}")
         if len(self.sample_ids) != len(self.images_per_sample):
             raise ValueError("Pack.sample_ids and Pack.images_per_sample differ in length")
+        if sum(end - start for start, end in self.padding_ranges) != self.num_padding or any(
+                not 0 <= start < end <= t for start, end in self.padding_ranges):
+            raise ValueError(f"Pack.padding_ranges {self.padding_ranges} must lie in [0, {t}) and cover the "
+                             f"{self.num_padding} padding slots")
         if sum(self.images_per_sample) != self.images.shape[0]:
             raise ValueError(f"Pack holds {self.images.shape[0]} images but images_per_sample sums to "
                              f"{sum(self.images_per_sample)}")
@@ -109,9 +116,10 @@ class Pack:
         """Lay several packs end to end as one THD micro-batch (attention stays per segment)."""
         if len(packs) == 1:
             return packs[0]
-        offsets, cu = 0, [torch.zeros(1, dtype=torch.int32)]
+        offsets, cu, padding = 0, [torch.zeros(1, dtype=torch.int32)], []
         for p in packs:
             cu.append(p.cu_seqlens[1:] + offsets)
+            padding += [(start + offsets, end + offsets) for start, end in p.padding_ranges]
             offsets += p.num_tokens
         return Pack(
             tokens=torch.cat([p.tokens for p in packs]),
@@ -122,7 +130,7 @@ class Pack:
             images=torch.cat([p.images for p in packs]),
             sample_ids=[s for p in packs for s in p.sample_ids],
             images_per_sample=[n for p in packs for n in p.images_per_sample],
-            num_padding=sum(p.num_padding for p in packs),
+            num_padding=sum(p.num_padding for p in packs), padding_ranges=padding,
         )
 
     def padded_to(self, length: int, pad_id: int) -> Pack:
@@ -144,4 +152,5 @@ class Pack:
             sample_ids=list(self.sample_ids),
             images_per_sample=list(self.images_per_sample),
             num_padding=self.num_padding + extra,
+            padding_ranges=[*self.padding_ranges, (self.num_tokens, length)],
         )

@@ -124,13 +124,15 @@ def _assemble(samples: list[Sample], layout: PackLayout, segment_length: int | N
     total = sum(slots)
     extra = -total % layout.pack_multiple if layout.aligned else 0
     slots[-1] += extra  # FP8/SP alignment extends the last segment
-    ids, labels = [], []
+    ids, labels, padding, start = [], [], [], 0
     for sample, slot in zip(samples, slots):
         ids.append(sample.input_ids)
         labels.append(sample.labels)
         if slot > sample.length:
             ids.append(torch.full((slot - sample.length,), layout.pad_id, dtype=torch.int64))
             labels.append(torch.full((slot - sample.length,), IGNORE_INDEX, dtype=torch.int64))
+            padding.append((start + sample.length, start + slot))
+        start += slot
     tokens, labels_t = torch.cat(ids), torch.cat(labels)
     lengths = torch.tensor(slots)
     cu = torch.zeros(len(slots) + 1, dtype=torch.int32)
@@ -149,7 +151,7 @@ def _assemble(samples: list[Sample], layout: PackLayout, segment_length: int | N
     return Pack(tokens=tokens, labels=labels_t, loss_weights=weights, cu_seqlens=cu, position_ids=positions,
                 images=images, sample_ids=[s.sample_id for s in samples],
                 images_per_sample=[s.num_images for s in samples],
-                num_padding=total + extra - sum(s.length for s in samples))
+                num_padding=total + extra - sum(s.length for s in samples), padding_ranges=padding)
 
 
 def build_pack(samples: list[Sample], layout: PackLayout) -> Pack:

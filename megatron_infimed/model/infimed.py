@@ -157,11 +157,14 @@ class InfiMedModel(MegatronModule):
     def forward(self, tokens: Tensor, position_ids: Tensor, *, images: Tensor | None = None,
                 packed_seq_params: PackedSeqParams | None = None, labels: Tensor | None = None,
                 images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
-                attention_mask: Tensor | None = None, inference_context=None, checked: bool = False) -> Tensor:
+                attention_mask: Tensor | None = None, inference_context=None, checked: bool = False,
+                padding_ranges: list[tuple[int, int]] | None = None) -> Tensor:
         """Per-token loss ``[1, T]`` when ``labels`` is given on the last stage, else logits
         (last stage) or hidden states (other stages). ``inference_context`` (megatron-core's
         ``StaticInferenceContext``) turns on the KV cache for generation. ``checked``: the caller
-        ran ``check_pack`` on the host, so the lengths and image counts are not checked again here."""
+        ran ``check_pack`` on the host, so the lengths and image counts are not checked again here.
+        ``padding_ranges``: [start, end) slots of a pack that hold no sample; their embeddings are
+        zero (causal, per-segment attention keeps them from every real token either way)."""
         cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
         decoder_input = None
         if self.pre_process:
@@ -169,6 +172,8 @@ class InfiMedModel(MegatronModule):
                 self.check_lengths(cu_seqlens, sample_ids)
             decoder_input = self.embed(tokens, position_ids, images, images_per_sample, sample_ids, cu_seqlens,
                                        checked)
+            if padding_ranges:
+                decoder_input = _zero_rows(decoder_input, padding_ranges)
         if labels is not None:
             # Ignored positions carry weight 0 in the loss; megatron's cross entropy wants a valid id.
             labels = labels.clamp(min=0)
@@ -179,6 +184,15 @@ class InfiMedModel(MegatronModule):
             # Generation needs whole-vocabulary logits on every tensor-parallel rank.
             runtime_gather_output=True if inference_context is not None else None,
         )
+
+
+def _zero_rows(hidden: Tensor, ranges: list[tuple[int, int]]) -> Tensor:
+    """``hidden`` [S, B, H] with the rows of ``ranges`` zeroed, out of place (the embedding's output
+    may come from a custom autograd function, which forbids in-place writes)."""
+    padding = torch.zeros(hidden.shape[0], 1, 1, dtype=torch.bool, device=hidden.device)
+    for start, end in ranges:
+        padding[start:end] = True
+    return hidden.masked_fill(padding, 0)
 
 
 def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int) -> PackedSeqParams:

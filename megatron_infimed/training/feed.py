@@ -184,6 +184,7 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
             {"sizes": {name: tuple(getattr(p, name).shape) for name in fields},
              "dtypes": {name: getattr(p, name).dtype for name in fields},
              "sample_ids": p.sample_ids, "images_per_sample": p.images_per_sample, "num_padding": p.num_padding,
+             "padding_ranges": p.padding_ranges,
              "image_shape": tuple(p.images.shape[1:]), "host_facts": p.host_facts()}
             for p in packs]}]
     torch.distributed.broadcast_object_list(header, src=src, group=group)
@@ -211,6 +212,6 @@ def broadcast_packs(packs: list[Pack] | None, src: int, group, fields: tuple[str
             tensors["images"] = torch.empty(sum(m["images_per_sample"]), m["image_shape"][0], 0, 0,
                                             device=distributed.device())
         pack = Pack(**tensors, sample_ids=m["sample_ids"], images_per_sample=m["images_per_sample"],
-                    num_padding=m["num_padding"])
+                    num_padding=m["num_padding"], padding_ranges=m["padding_ranges"])
         received.append(pack.with_host_facts(m["host_facts"]))  # the sender's host values: no sync here
     return received, header[0]["extra"]

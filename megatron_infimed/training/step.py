@@ -65,6 +65,7 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
             packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen),
             labels=pack.labels.view(1, -1) if unwrapped.post_process else None,
             images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids, checked=True,
+            padding_ranges=pack.padding_ranges,
         )
         return output, partial(accumulator.loss_func, pack.loss_weights)
 

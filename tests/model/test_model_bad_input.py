@@ -83,3 +83,31 @@ def test_uint8_pixels_are_normalised_on_the_device_as_the_host_would(model):
         on_device = model.encode_images(pixels)
         on_host = model.encode_images(normalize_images(pixels, vision.image_mean, vision.image_std))
     assert torch.equal(on_device, on_host)
+
+
+def test_padding_slots_enter_the_decoder_as_zero_vectors(model):
+    from megatron_infimed.data.pack import IGNORE_INDEX
+    from megatron_infimed.data.pack_builder import PackLayout, build_pack
+    from megatron_infimed.data.preprocess import Sample
+
+    # Context parallelism 2 pads each sample to a multiple of 4: 5 → 8 and 6 → 8, then a trailing segment.
+    samples = [Sample(name, "t", torch.arange(3, 3 + n), torch.full((n,), IGNORE_INDEX), torch.zeros(0, 3, 64, 64,
+                      dtype=torch.uint8)) for name, n in (("a", 5), ("b", 6))]
+    pack = build_pack(samples, PackLayout(context_parallel=2)).padded_to(20, pad_id=0)
+    assert pack.padding_ranges == [(5, 8), (14, 16), (16, 20)]
+    pack.validate()
+    captured = {}
+    hook = model.language_model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(hidden=kwargs["hidden_states"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(pack.tokens.view(1, -1), pack.position_ids.view(1, -1),
+                  packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen),
+                  padding_ranges=pack.padding_ranges)
+    finally:
+        hook.remove()
+    norms = captured["hidden"].squeeze(1).norm(dim=-1)
+    padded = torch.zeros(20, dtype=torch.bool)
+    for start, end in pack.padding_ranges:
+        padded[start:end] = True
+    assert bool((norms[padded] == 0).all()) and bool((norms[~padded] > 0).all())
