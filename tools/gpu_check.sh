@@ -13,7 +13,8 @@
 # A failed step does not stop the later ones; the script exits 1 after the last if any failed.
 # Without a GPU (or with --dry-run) it runs the dry path: argument checks, wheel discovery, the
 # preflight, and infimed-train --preset tiny --mock-data --bf16 on the CPU (the same bf16 code:
-# Float16Module and the mixed-precision optimizer; the distributed optimizer needs CUDA), read back
+# Float16Module and the mixed-precision optimizer; no distributed optimizer: one process has nothing to
+# shard, and tests/training/test_distributed_optimizer.py covers it on the CPU), read back
 # the same way. tests/bench/test_gpu_check.py runs that path.
 #
 # Getting the wheels (on any machine with internet, from the repository root):

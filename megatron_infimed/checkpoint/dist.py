@@ -57,6 +57,20 @@ def model_state(chunks) -> dict:
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
+# How megatron-core's DistributedOptimizer lays out its state: "fully_reshardable" stores, per
+# parameter, tensors of the parameter's shape under its sharded key, so a checkpoint loads under any
+# TP/PP/DP layout. Its cost: at save and at load every rank holds the fp32 state (weights and two
+# moments) of its whole TP x PP slice in host memory, not only its DP shard. The alternatives in
+# 0.16.1: "dp_reshardable" stores the flat buffers (no gather, but reloads only at the same TP x PP),
+# and the default "fully_sharded_model_space" cannot be saved at all. Other optimizers ignore this.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def optimizer_state(optimizer, model: dict, is_loading: bool = False) -> dict:
+    """The optimizer's sharded state against the model's (``model_state``), for saving or loading."""
+    return optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=dict(OPTIMIZER_METADATA))
+
+
 def _layout() -> dict:
     return {
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
@@ -247,7 +261,7 @@ def load(root: str, run) -> int:
         _check_image_tokens(directory, run.model_config)
     model = model_state(run.chunks)
     # Only the sharded parts are requested; the scheduler and the counters come back from common.pt.
-    request = {**model, "optimizer": run.optimizer.sharded_state_dict(model, is_loading=True)}
+    request = {**model, "optimizer": optimizer_state(run.optimizer, model, is_loading=True)}
     run.load_sharded_state_dict(dist_checkpointing.load(without_missing_extra_state(request, stored),
                                                         str(directory)))
     saved_layout = json.loads((directory / "layout.json").read_text())

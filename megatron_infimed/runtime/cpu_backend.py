@@ -1,6 +1,6 @@
 """Run megatron-core on the CPU: the one place that knows a machine may have no GPU.
 
-megatron-core assumes CUDA in three ways, and each is answered here:
+megatron-core assumes CUDA (or TE/Apex) in these ways, and each is answered here:
 
 | assumption                                  | on the CPU backend                                   |
 |---------------------------------------------|------------------------------------------------------|
@@ -14,10 +14,14 @@ megatron-core assumes CUDA in three ways, and each is answered here:
 |                                             | precision and distributed optimizers run as on a GPU  |
 | grad clipping asserts CUDA float tensors     | the same in-place scaling without the assertion       |
 | batched p2p relies on NCCL's message pairing | unbatched p2p (``config_overrides``)                  |
+| the distributed optimizer's checkpoint       | torch's Adam, which keeps ``step`` per parameter, is  |
+| expects TE/Apex FusedAdam (step per group)   | adapted (``_adapt_distributed_optimizer``)            |
 
-Collectives use gloo. Core attention must not use megatron-core's CUDA global memory buffer:
-our ``PackedDotProductAttention`` does not. Nothing else in the package checks for cpu vs cuda
-beyond ``runtime.distributed`` choosing this backend at start-up.
+Collectives use gloo. The distributed optimizer's ``reduce_scatter_tensor`` and
+``all_gather_into_tensor`` need no mapping: gloo implements both in every torch we support (>= 2.6;
+its reduce-scatter is an all-reduce and a slice). Core attention must not use megatron-core's CUDA
+global memory buffer: our ``PackedDotProductAttention`` does not. Nothing else in the package
+checks for cpu vs cuda beyond ``runtime.distributed`` choosing this backend at start-up.
 """
 
 from __future__ import annotations
@@ -79,6 +83,44 @@ def _clip_grad_by_total_norm(parameters, max_norm: float, total_norm: float, use
                 grad.mul_(clip_coeff)
 
 
+def _adapt_distributed_optimizer() -> None:
+    """megatron-core 0.16.1's DistributedOptimizer checkpoints as if its inner optimizer were TE's
+    or Apex's FusedAdam, whose ``step`` belongs to the parameter group. Without TE or Apex (always
+    the case on the CPU) it wraps torch's Adam, whose ``step`` is a tensor in each parameter's
+    state, and loading a checkpoint breaks in three ways, each mended here:
+
+    - ``state_dict()`` reads that step, and megatron asks for it before the first step when it
+      loads: the empty state is given what Adam's first step would create (zero moments, step 0);
+    - the fully-reshardable load copies every key of a parameter's state from the checkpoint,
+      which holds no ``step`` (it is restored from the parameter groups): the step is set aside;
+    - that restored step is one tensor shared by every parameter, which torch's Adam would then
+      advance once per parameter per step: each parameter gets its own copy.
+    """
+    from megatron.core.optimizer import distrib_optimizer
+
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        return
+    optimizer_class = distrib_optimizer.DistributedOptimizer
+    state_dict, load_fully_reshardable = (optimizer_class.state_dict,
+                                          optimizer_class.load_parameter_state_from_fully_reshardable)
+
+    def state_dict_from_the_first_step(self):
+        if not self.optimizer.state:
+            self.init_state_fn(self.optimizer, self.config)
+            for state in self.optimizer.state.values():
+                state["step"] = torch.tensor(0.0)
+        return state_dict(self)
+
+    def load_fully_reshardable_with_own_steps(self, param_state):
+        steps = {param: state.pop("step") for param, state in self.optimizer.state.items() if "step" in state}
+        load_fully_reshardable(self, param_state)
+        for param, step in steps.items():
+            self.optimizer.state[param]["step"] = step.clone()
+
+    optimizer_class.state_dict = state_dict_from_the_first_step
+    optimizer_class.load_parameter_state_from_fully_reshardable = load_fully_reshardable_with_own_steps
+
+
 def enable() -> None:
     """Install the CPU backend for this process (idempotent)."""
     global _ACTIVE_MODE
@@ -102,6 +144,7 @@ def enable() -> None:
     # Activation recomputation saves and restores the "CUDA" RNG through this getter.
     mcore_random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
     mcore_optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm
+    _adapt_distributed_optimizer()
     _ACTIVE_MODE = _CudaToCpuMode()
     _ACTIVE_MODE.__enter__()
 

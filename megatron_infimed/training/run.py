@@ -54,7 +54,7 @@ class Run:
     def sharded_state_dict(self) -> dict:
         """Model, optimizer, schedule and counters, as megatron-core ``dist_checkpointing`` saves them."""
         model = checkpoint.model_state(self.chunks)
-        return {**model, "optimizer": self.optimizer.sharded_state_dict(model),
+        return {**model, "optimizer": checkpoint.optimizer_state(self.optimizer, model),
                 "scheduler": self.scheduler.state_dict(), "iteration": self.iteration,
                 "consumed_samples": self.consumed_samples}
 

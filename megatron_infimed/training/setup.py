@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig, distrib_optimizer, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
@@ -104,9 +104,11 @@ def wrap_ddp(chunks: list[InfiMedModel], config: RunConfig) -> list[DistributedD
 
 def build_optimizer(chunks, config: RunConfig):
     optim = config.optim
-    if config.parallel.use_distributed_optimizer and not torch.cuda.is_available():
-        raise ValueError("--use-distributed-optimizer needs CUDA: megatron-core's DistributedOptimizer accepts "
-                         "only CUDA parameters; drop the flag on CPU runs")
+    fused_adam = distrib_optimizer.HAVE_APEX_OR_TE
+    if config.parallel.use_distributed_optimizer and torch.cuda.is_available() and not fused_adam:
+        raise ValueError("--use-distributed-optimizer on CUDA needs Transformer Engine (the gpu extra) or Apex: "
+                         "without their FusedAdam, megatron-core 0.16.1's DistributedOptimizer cannot reload its "
+                         "checkpoint (only the CPU backend adapts torch's Adam to it); install one or drop the flag")
     optimizer_config = OptimizerConfig(
         optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
         adam_beta1=optim.adam_beta1, adam_beta2=optim.adam_beta2, clip_grad=optim.clip_grad,

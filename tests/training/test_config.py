@@ -2,7 +2,6 @@
 then flags; unknown keys, bad types and bad choices are errors that name the key."""
 
 import pytest
-import torch
 
 from megatron_infimed.config import flags
 
@@ -35,16 +34,6 @@ def test_unknown_flag_is_an_error(capsys):
 def test_fp8_needs_transformer_engine_layers():
     with pytest.raises(ValueError, match="--fp8 needs Transformer Engine"):
         load_config(["--mock-data", "--fp8", "hybrid"])
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only refusal")
-def test_the_distributed_optimizer_is_refused_without_cuda():
-    from megatron_infimed.training.setup import build_optimizer
-
-    config = load_config(["--mock-data", "--use-distributed-optimizer"])
-    assert config.parallel.use_distributed_optimizer
-    with pytest.raises(ValueError, match="--use-distributed-optimizer needs CUDA"):
-        build_optimizer([], config)
 
 
 def test_training_without_data_is_refused():
