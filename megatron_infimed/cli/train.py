@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if mode.dry_run:
         from megatron_infimed.training.dry_run import dry_run_report
 
-        print(json.dumps(dry_run_report(config, mode.device)))
+        try:
+            report = dry_run_report(config, mode.device, mode.world_size, mode.gpu_memory_gb)
+        except ValueError as error:  # a layout the planner cannot place, e.g. --world-size 6 with TP 4
+            print(f"infimed-train: error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(report))
         return 0
     from megatron_infimed.training.loop import train
     from megatron_infimed.training.signals import StoppedBySignal

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="with --dry-run: show the choices made for this kind of device (default: this "
                              "machine's); needs neither CUDA nor Transformer Engine")
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="with --dry-run: plan the memory of a run on this many GPUs (data-parallel size = "
+                             "world size / (TP × PP × CP); default: TP × PP × CP, one replica)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None,
+                        help="with --dry-run: memory of one GPU in GB (1e9 bytes) that the plan must fit "
+                             f"(default: {Mode.gpu_memory_gb:g})")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section}", f"(YAML section '{section}', or its flat names; "
                                                         f"--{section} JSON sets several at once)")
@@ -202,18 +208,28 @@ def _add_flag(group, section: str, f, doc: str) -> None:
 
 @dataclass(frozen=True)
 class Mode:
-    """What the command line asks besides the run's options: a dry run, and for which device."""
+    """What the command line asks besides the run's options: a dry run, for which device, and the
+    cluster its memory plan is for."""
 
     dry_run: bool = False
     device: str | None = None
+    world_size: int | None = None
+    gpu_memory_gb: float = 80.0
 
 
 def load_config(argv: list[str] | None = None) -> tuple[RunConfig, Mode]:
     """(the run configuration, the mode): defaults, then ``--config``, then flags."""
     args = vars(build_parser().parse_args(argv))
-    mode = Mode(args.pop("dry_run"), args.pop("device"))
-    if mode.device and not mode.dry_run:
-        raise ValueError("--device only applies to --dry-run (a run uses the machine's own devices)")
+    dry_run_only = {name: args.pop(name) for name in ("device", "world_size", "gpu_memory_gb")}
+    mode = Mode(args.pop("dry_run"), **{k: v for k, v in dry_run_only.items() if v is not None})
+    for name, value in dry_run_only.items():
+        if value is not None and not mode.dry_run:
+            raise ValueError(f"--{name.replace('_', '-')} only applies to --dry-run (a run uses the machine's "
+                             f"own devices)")
+    if mode.world_size is not None and mode.world_size < 1:
+        raise ValueError(f"--world-size is {mode.world_size}; it must be at least 1")
+    if not mode.gpu_memory_gb > 0:
+        raise ValueError(f"--gpu-memory-gb is {mode.gpu_memory_gb}; it must be a positive number of GB")
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     path = args.pop("config")
     if path:

@@ -5,13 +5,15 @@ tokens and FLOPs per token; parameter counts come from the local layers, which h
 parameters as Transformer Engine's. ``effective`` shows the settings of the language, vision and
 projector ``TransformerConfig`` that decide what runs, for this machine or for ``--device cuda``
 (read them before booking a cluster): the configs are plain settings, so neither CUDA nor
-Transformer Engine is needed to see them.
+Transformer Engine is needed to see them. ``memory`` plans the bytes per GPU of ``world_size``
+GPUs against ``gpu_memory_gb`` (training/memory.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from megatron_infimed.config.flags import Mode
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ParallelConfig, RunConfig
 from megatron_infimed.data.pack_builder import pad_multiple
@@ -28,6 +30,7 @@ from megatron_infimed.model.transformer_configs import (
 )
 from megatron_infimed.runtime import cpu_backend, distributed
 from megatron_infimed.training.flops import flops_per_token
+from megatron_infimed.training.memory import plan_memory
 from megatron_infimed.training.setup import dtype_for, model_config_for
 
 # Which attention kernel each layer implementation and device end up with.
@@ -41,8 +44,10 @@ def count(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def dry_run_report(config: RunConfig, device: str | None = None) -> dict:
+def dry_run_report(config: RunConfig, device: str | None = None, world_size: int | None = None,
+                   gpu_memory_gb: float = Mode.gpu_memory_gb) -> dict:
     model_config = model_config_for(config)
+    memory = plan_memory(config, model_config, world_size, gpu_memory_gb)  # a bad layout fails before the build
     owns_world = not torch.distributed.is_initialized()
     if owns_world:
         distributed.initialize(ParallelConfig(), config.optim.seed)
@@ -61,6 +66,7 @@ def dry_run_report(config: RunConfig, device: str | None = None) -> dict:
         "image_tokens_per_image": tokens_per_image(model_config),
         "flops_per_token": flops_per_token(model_config, config.batch.seq_length),
         "effective": effective(config, model_config, device),
+        "memory": memory,
     }
 
 
