@@ -31,6 +31,7 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_infimed.checkpoint import integrity
+from megatron_infimed.checkpoint.async_save import tie_writer_to_this_process
 from megatron_infimed.checkpoint.layout import (
     MODEL_CONFIG,
     RUN_CONFIG,
@@ -92,6 +93,7 @@ def _rng_state() -> dict:
 
 
 def _prepare(root: str, iteration: int) -> Path:
+    tie_writer_to_this_process()  # megatron's writer helpers must not outlive a killed trainer
     directory = iteration_dir(root, iteration)
     if torch.distributed.get_rank() == 0:
         if directory.exists():  # a save of this iteration that did not finish

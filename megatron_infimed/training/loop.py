@@ -16,10 +16,10 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_infimed.checkpoint import dist as checkpoint
+from megatron_infimed.checkpoint.async_save import async_calls_queue
 from megatron_infimed.checkpoint.layout import pretrained_point, resume_point
 from megatron_infimed.config.run import RunConfig
 from megatron_infimed.runtime import distributed
-from megatron_infimed.training.async_save import async_calls_queue
 from megatron_infimed.training.metrics import MetricsLogger, SampleLedger, peak_tflops, step_record
 from megatron_infimed.training.run import Run, build_run
 from megatron_infimed.training.signals import StoppedBySignal, StopRequest, stop_reasons

@@ -142,9 +142,9 @@ def test_sigint_saves_and_exits_with_the_signal_code(tmp_path):
     assert f"stopped by SIGINT after iteration {last}" in stderr
 
 
-def test_kill_9_leaves_no_helper_process_of_an_async_save(tmp_path):
-    process = subprocess.Popen(train_command(tmp_path, "--train-iters", "1000", "--save-interval", "1",
-                                             "--async-save"),
+@pytest.mark.parametrize("flags", [[], ["--async-save"]], ids=["sync", "async"])
+def test_kill_9_leaves_no_helper_process_of_a_checkpoint_writer(tmp_path, flags):
+    process = subprocess.Popen(train_command(tmp_path, "--train-iters", "1000", "--save-interval", "1", *flags),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 180
     while latest_iteration(tmp_path / "ckpt") is None and time.time() < deadline and process.poll() is None:

@@ -1,12 +1,12 @@
-"""Asynchronous checkpoint saves (megatron-core's ``AsyncCallsQueue``) whose helper processes die
-with the trainer.
+"""Checkpoint writers whose helper processes die with the trainer.
 
-megatron-core's async writer reports through a queue served by a ``multiprocessing`` manager, a
-spawned process (plus the resource tracker it keeps alive). Nothing in it watches the trainer: after
-a ``kill -9`` both lived on, about 275 MB each, two more per killed run. We start that manager
-ourselves with an initializer that ties it to the trainer: the kernel's parent-death signal where
-Linux offers it, and a watchdog on the parent's pid everywhere. When the manager goes, the resource
-tracker sees its last pipe close and exits too.
+megatron-core's torch_dist writer (synchronous saves too, not only ``AsyncCallsQueue``'s) reports
+through a queue served by a ``multiprocessing`` manager, a spawned process, plus the resource
+tracker it keeps alive. Nothing in it watches the trainer: after a ``kill -9`` both lived on, about
+275 MB each, two more per killed run. ``tie_writer_to_this_process`` starts that manager ourselves,
+before the first save, with an initializer that ties it to the trainer: the kernel's parent-death
+signal where Linux offers it, and a watchdog on the parent's pid everywhere. When the manager goes,
+the resource tracker sees its last pipe close and exits too.
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def async_calls_queue() -> AsyncCallsQueue:
-    """megatron-core's queue of asynchronous saves, its results manager tied to this process."""
+def tie_writer_to_this_process() -> None:
+    """Serve megatron-core's writer results queue from a manager that dies with this process
+    (idempotent; before the first save)."""
     if filesystem_async._results_queue is None:
         manager = SyncManager(ctx=mp.get_context("spawn"))
         manager.start(initializer=exit_with_parent, initargs=(os.getpid(),))
         filesystem_async._results_queue = manager.Queue()
+
+
+def async_calls_queue() -> AsyncCallsQueue:
+    """megatron-core's queue of asynchronous saves, its writer tied to this process."""
+    tie_writer_to_this_process()
     return AsyncCallsQueue()
