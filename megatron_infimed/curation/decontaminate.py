@@ -115,14 +115,15 @@ class BenchmarkImages:
         # check_images=False: every image is decoded here anyway, to hash it; one that fails to
         # load is reported as unreadable, and evaluation skips its questions as well.
         questions = load_benchmark(spec.name, spec.data, check_images=False)
-        folder = Path(spec.data).resolve().parent
+        # Absolute, not resolved: a benchmark reached through a symlink keeps names relative to it.
+        folder = Path(os.path.abspath(spec.data)).parent
         by_image: dict[Path, dict[str, list[str]]] = {}
         for q in questions:
             if q.image is not None:
                 by_image.setdefault(q.image, {}).setdefault(normalise_text(q.question), []).append(q.id)
         names, hashes, asked, unreadable = [], [], [], {}
         for path, image_questions in by_image.items():
-            name = os.path.relpath(path, folder)
+            name = os.path.relpath(os.path.abspath(path), folder)
             try:
                 hashes.append(_hash_words(image_hash(load_image(str(path), max_pixels=max_pixels))))
             except ImageLoadError as exc:
