@@ -27,6 +27,7 @@ from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQu
 
 _PR_SET_PDEATHSIG = 1
 _forks_tied = False
+_forked_from_main = False
 
 
 def _kill_me_with_parent() -> None:
@@ -34,6 +35,18 @@ def _kill_me_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _note_forking_thread() -> None:
+    global _forked_from_main
+    _forked_from_main = threading.current_thread() is threading.main_thread()
+
+
+def _tie_fork() -> None:
+    # The signal follows the forking *thread*: a child forked from a short-lived thread (a
+    # DataLoader iterated in a helper thread) would be killed when that thread ends.
+    if _forked_from_main:
+        _kill_me_with_parent()
 
 
 def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
@@ -56,7 +69,7 @@ def tie_writer_to_this_process() -> None:
     too (idempotent; before the first save)."""
     global _forks_tied
     if not _forks_tied:
-        os.register_at_fork(after_in_child=_kill_me_with_parent)
+        os.register_at_fork(before=_note_forking_thread, after_in_child=_tie_fork)
         _forks_tied = True
     if filesystem_async._results_queue is None:
         manager = SyncManager(ctx=mp.get_context("spawn"))
