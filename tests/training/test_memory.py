@@ -104,7 +104,9 @@ model, optimizer = build_and_step(config)
 layout = Layout.of(config, torch.distributed.get_world_size())
 stage = parallel_state.get_pipeline_model_parallel_rank()
 planned = state_bytes(stage_params(model_config_for(config), layout, stage), config, layout.data)
-print("RANK", json.dumps([vars(planned), allocated_bytes(model, optimizer)]), flush=True)
+# One file per rank: two ranks printing at once interleave their lines.
+with open(f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.json", "w") as out:
+    json.dump([vars(planned), allocated_bytes(model, optimizer)], out)
 distributed.shutdown()
 """
 
@@ -120,11 +122,11 @@ def test_every_rank_of_a_tp_or_pp_world_allocates_what_its_stage_plan_says(tmp_p
     here = Path(__file__).parent  # test_memory itself, and tests/ for trainrun
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-         str(worker), json.dumps(flags)], capture_output=True, text=True, timeout=300,
+         str(worker), json.dumps(flags), str(tmp_path)], capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
              "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("RANK ")]
+    ranks = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert len(ranks) == 2, result.stdout[-2000:] + result.stderr[-4000:]
     for planned, allocated in ranks:
         assert planned == allocated
