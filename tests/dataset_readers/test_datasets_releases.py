@@ -1,10 +1,9 @@
 """The SLAKE, PathVQA, PMC-VQA and OmniMedVQA readers on small files written by the tests."""
 
-import csv
-import io
 import json
 
 import pytest
+from release_files import write_csv
 
 from megatron_infimed.datasets import omnimedvqa, pathvqa, pmc_vqa, slake
 from megatron_infimed.datasets.files import ReleaseFileError
@@ -98,15 +97,6 @@ def test_pathvqa_entry_that_is_not_an_object_is_a_bad_record(tmp_path):
 # --- pmc_vqa ------------------------------------------------------------------------------------
 
 PMC_HEADER = ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D"]
-
-
-def write_csv(path, header, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue())
-    return path
 
 
 def test_pmc_vqa_drops_choice_prefixes_and_turns_the_gold_text_into_its_letter(tmp_path):

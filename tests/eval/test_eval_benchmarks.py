@@ -1,11 +1,11 @@
 """Benchmark readers on small files written by the tests, and image checks in ``load_benchmark``."""
 
-import csv
 import io
 import json
 
 import pytest
 from PIL import Image
+from release_files import write_csv
 
 from megatron_infimed.eval.benchmarks import BenchmarkFormatError, load_benchmark
 
@@ -179,15 +179,6 @@ def test_vqa_rad_questions_carry_answer_type_question_type_and_organ(tmp_path):
 
 
 # --- pmc_vqa ------------------------------------------------------------------------------------
-
-
-def write_csv(path, header, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue())
-    return path
 
 
 PMC_HEADER = ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D"]
