@@ -91,10 +91,14 @@ class ParallelConfig:
     """pipeline stages the layers are divided into"""
     virtual_pipeline_model_parallel_size: int | None = None
     """model chunks per pipeline stage (interleaved 1F1B); unset for one chunk"""
+    sequence_parallel: bool = False
+    """split the activations outside attention and the MLP along the sequence over the tensor-parallel
+    ranks (Megatron's sequence parallelism; needs --tensor-model-parallel-size > 1)"""
     context_parallel_size: int = 1
-    """ranks that split each sequence (Transformer Engine's THD context parallelism)"""
+    """ranks that split each packed sequence: every sample in 2N load-balanced chunks (THD context
+    parallelism: Transformer Engine's with --transformer-impl te, K/V all-gather with local layers)"""
     use_distributed_optimizer: bool = False
-    """shard optimizer state over data-parallel ranks (megatron-core's DistributedOptimizer; CUDA only)"""
+    """shard optimizer state over data-parallel ranks (megatron-core's DistributedOptimizer)"""
     recompute_granularity: Literal["full", "selective"] | None = None
     """activation recomputation: full layers or selective (attention core); unset for none"""
     recompute_method: Literal["uniform", "block"] | None = None
@@ -109,6 +113,9 @@ class ParallelConfig:
         _at_least(self, ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                          "distributed_timeout_minutes"), 1)
         _at_least(self, ("virtual_pipeline_model_parallel_size", "recompute_num_layers"), 1, optional=True)
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ValueError("--sequence-parallel splits the sequence over the tensor-parallel ranks: it needs "
+                             "--tensor-model-parallel-size > 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,6 +284,27 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def __post_init__(self) -> None:
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """The combinations of sections that cannot run, refused before anything starts."""
+        from megatron_infimed.data.pack_builder import PackLayout  # data imports this module
+
+        parallel, seq = self.parallel, self.batch.seq_length
+        if parallel.context_parallel_size > 1 and parallel.pipeline_model_parallel_size > 1:
+            raise ValueError("--context-parallel-size > 1 with --pipeline-model-parallel-size > 1 is not supported: "
+                             "split the sequence (CP) or the layers (PP), not both")
+        multiple = PackLayout.of(self).pack_multiple
+        if seq % multiple:
+            reasons = [why for why, on in (
+                (f"2 × context-parallel size {parallel.context_parallel_size}", parallel.context_parallel_size > 1),
+                (f"tensor-parallel size {parallel.tensor_model_parallel_size} (sequence parallelism)",
+                 parallel.sequence_parallel),
+                (f"the {self.model.fp8_recipe} FP8 recipe", bool(self.model.fp8))) if on]
+            raise ValueError(f"--seq-length {seq} must be a multiple of {multiple} ({', '.join(reasons)}): every "
+                             f"pack is split or aligned by it; use {-(-seq // multiple) * multiple}")
 
     def check_data(self) -> None:
         """A run that trains needs data: mock data, or shards and their tokenizer (a dry run does not)."""

@@ -44,9 +44,11 @@ class Pack:
     # arbitrary pad-token vector reaches normalisation statistics or FP8 amax histories.
     padding_ranges: list[tuple[int, int]] = field(default_factory=list)
     # Read before the tensors leave the host (``to``), so that reading them on a GPU costs no
-    # device-to-host sync per micro-batch: the longest segment, and the segments holding samples.
+    # device-to-host sync per micro-batch: the longest segment, the segments holding samples, and
+    # the segment boundaries (context parallelism splits every segment by them).
     _max_seqlen: int | None = field(default=None, init=False, repr=False, compare=False)
     _sample_lengths: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+    _bounds: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -75,13 +77,20 @@ class Pack:
             self._sample_lengths = (cu[1:] - cu[:-1])[has_sample].tolist()
         return self._sample_lengths
 
-    def host_facts(self) -> tuple[int, list[int]]:
-        """What the pack knows on the host (read once, then carried to other devices and ranks)."""
-        return self.max_seqlen, self.sample_lengths
+    @property
+    def bounds(self) -> list[int]:
+        """``cu_seqlens`` as a list."""
+        if self._bounds is None:
+            self._bounds = self.cu_seqlens.tolist()
+        return self._bounds
 
-    def with_host_facts(self, facts: tuple[int, list[int]]) -> Pack:
+    def host_facts(self) -> tuple[int, list[int], list[int]]:
+        """What the pack knows on the host (read once, then carried to other devices and ranks)."""
+        return self.max_seqlen, self.sample_lengths, self.bounds
+
+    def with_host_facts(self, facts: tuple[int, list[int], list[int]]) -> Pack:
         """Set ``host_facts`` taken from the same pack elsewhere; returns self."""
-        self._max_seqlen, self._sample_lengths = facts
+        self._max_seqlen, self._sample_lengths, self._bounds = facts
         return self
 
     def validate(self) -> None:

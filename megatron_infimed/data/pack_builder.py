@@ -72,6 +72,16 @@ class PackLayout:
     sequence_parallel: bool = False
     pad_id: int = 0
 
+    @classmethod
+    def of(cls, config, pad_id: int = 0) -> PackLayout:
+        """The layout a run's packs need (``config``: a ``RunConfig``): its loss weighting, and the
+        alignment its tensor/sequence/context parallelism and FP8 recipe ask for."""
+        parallel = config.parallel
+        return cls(loss_weighting=config.batch.loss_weighting, context_parallel=parallel.context_parallel_size,
+                   fp8_recipe=config.model.fp8_recipe if config.model.fp8 else None,
+                   tensor_parallel=parallel.tensor_model_parallel_size,
+                   sequence_parallel=parallel.sequence_parallel, pad_id=pad_id)
+
     def __post_init__(self) -> None:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")

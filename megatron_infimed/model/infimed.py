@@ -6,7 +6,10 @@ subtype) and the projector its ``MultimodalProjector``. This file only wires the
 1. the first pipeline stage embeds the text and writes the projected image tokens over the
    positions that hold ``image_token_id`` (in order of appearance);
 2. the decoder runs on the packed sequence (``PackedSeqParams``, THD): RoPE positions restart
-   and attention stays inside each sample;
+   and attention stays inside each sample. Under context parallelism each rank keeps its chunks
+   of the merged sequence (``model/context_parallel.py``); under sequence parallelism the merged
+   sequence is then scattered over the tensor-parallel ranks, so image embeddings are always
+   written before any split;
 3. the last stage returns the per-token loss (``labels`` given) or the logits.
 
 Tensors follow megatron's shapes: tokens ``[1, T]`` (one packed row), hidden ``[T, 1, H]``.
@@ -15,6 +18,7 @@ Tensors follow megatron's shapes: tokens ``[1, T]`` (one packed row), hidden ``[
 from __future__ import annotations
 
 import torch
+from megatron.core import tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.vision.clip_vit_model import CLIPViTModel
 from megatron.core.models.vision.multimodal_projector import MultimodalProjector
@@ -27,6 +31,7 @@ from torch import Tensor
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ParallelConfig
 from megatron_infimed.model import specs
+from megatron_infimed.model.context_parallel import ContextShard
 from megatron_infimed.model.pixels import normalize_images
 from megatron_infimed.model.token_reduction import reduce_image_tokens, reduced_channels, tokens_per_image
 from megatron_infimed.model.transformer_configs import (
@@ -52,13 +57,15 @@ class InfiMedModel(MegatronModule):
         self.image_tokens = tokens_per_image(config)
         self.share_embeddings_and_output_weights = config.language.tie_word_embeddings
         self.language_model = GPTModel(
-            config=lang_tc, transformer_layer_spec=specs.language_layer_spec(transformer_impl),
+            config=lang_tc, transformer_layer_spec=specs.language_block_spec(transformer_impl, lang_tc, vp_stage),
             vocab_size=config.language.vocab_size,
             max_sequence_length=config.language.max_position_embeddings,
             pre_process=pre_process, post_process=post_process,
             share_embeddings_and_output_weights=config.language.tie_word_embeddings,
             position_embedding_type="rope", rotary_base=config.language.rotary_base,
             vp_stage=vp_stage,
+            # The image embeddings join the sequence first; ``forward`` scatters it afterwards.
+            scatter_embedding_sequence_parallel=False,
         )
         self.vision_model = self.projector = None
         if pre_process:
@@ -103,19 +110,34 @@ class InfiMedModel(MegatronModule):
 
     def embed(self, tokens: Tensor, position_ids: Tensor, images: Tensor | None,
               images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
-              cu_seqlens: Tensor | None = None, checked: bool = False) -> Tensor:
+              cu_seqlens: Tensor | None = None, checked: bool = False,
+              context: ContextShard | None = None) -> Tensor:
         """Text embeddings with image embeddings written over the image-token positions: [L, B, H].
 
-        Images fill the image positions of ``tokens`` [B, L] in reading order: row by row.
+        Images fill the image positions of ``tokens`` [B, L] in reading order: row by row. With
+        ``context`` (B = 1), the rows are this context-parallel rank's tokens only, the images'
+        encoding is divided over the CP group, and the image positions are found in the whole
+        sequence, so each rank writes the embeddings of the images whose tokens it holds.
         """
         is_image = tokens == self.model_config.image_token_id
         num_images = 0 if images is None else images.shape[0]
         if not checked:
             self._check_image_count(is_image.view(-1), num_images, images_per_sample, sample_ids, cu_seqlens)
+        if context is not None:
+            # Which image row each position holds (counted over the whole sequence), then this rank's.
+            image_row = context.take(is_image.long().cumsum(-1) - 1)
+            tokens, position_ids, is_image = (context.take(t) for t in (tokens, position_ids, is_image))
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         if num_images == 0:
             return embeddings
-        features = self.encode_images(images, embeddings.dtype).to(embeddings.dtype)
+        if context is None:
+            features = self.encode_images(images, embeddings.dtype).to(embeddings.dtype)
+        else:
+            trainable = any(p.requires_grad for m in (self.vision_model, self.projector) for p in m.parameters())
+            features = context.gather_images(images, lambda part: self.encode_images(part, embeddings.dtype),
+                                             self.image_tokens, embeddings.shape[-1], embeddings.dtype,
+                                             trainable and torch.is_grad_enabled())
+            features = features.index_select(0, image_row[is_image])
         batch_first = embeddings.transpose(0, 1)  # scatter in the tokens' [B, L] order
         mask = is_image.unsqueeze(-1).expand_as(batch_first)
         return batch_first.masked_scatter(mask, features).transpose(0, 1)
@@ -158,22 +180,31 @@ class InfiMedModel(MegatronModule):
                 packed_seq_params: PackedSeqParams | None = None, labels: Tensor | None = None,
                 images_per_sample: list[int] | None = None, sample_ids: list[str] | None = None,
                 attention_mask: Tensor | None = None, inference_context=None, checked: bool = False,
-                padding_ranges: list[tuple[int, int]] | None = None) -> Tensor:
+                padding_ranges: list[tuple[int, int]] | None = None, context: ContextShard | None = None) -> Tensor:
         """Per-token loss ``[1, T]`` when ``labels`` is given on the last stage, else logits
         (last stage) or hidden states (other stages). ``inference_context`` (megatron-core's
         ``StaticInferenceContext``) turns on the KV cache for generation. ``checked``: the caller
         ran ``check_pack`` on the host, so the lengths and image counts are not checked again here.
         ``padding_ranges``: [start, end) slots of a pack that hold no sample; their embeddings are
-        zero (causal, per-segment attention keeps them from every real token either way)."""
+        zero (causal, per-segment attention keeps them from every real token either way).
+        ``context``: this context-parallel rank's share of the pack; ``tokens``, ``position_ids`` and
+        ``labels`` are the whole pack's, and the loss covers this rank's tokens, in its order."""
         cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
         decoder_input = None
         if self.pre_process:
             if cu_seqlens is not None and not checked:
                 self.check_lengths(cu_seqlens, sample_ids)
             decoder_input = self.embed(tokens, position_ids, images, images_per_sample, sample_ids, cu_seqlens,
-                                       checked)
+                                       checked, context)
             if padding_ranges:
-                decoder_input = _zero_rows(decoder_input, padding_ranges)
+                decoder_input = _zero_rows(decoder_input, padding_ranges, tokens.shape[-1], context)
+            if self.config.sequence_parallel:
+                decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
+                # The scatter returns a view of the whole sequence; keep only this rank's slice alive.
+                decoder_input = decoder_input.clone()
+        if context is not None:
+            tokens, position_ids = context.take(tokens), context.take(position_ids)
+            labels = context.take(labels) if labels is not None else None
         if labels is not None:
             # Ignored positions carry weight 0 in the loss; megatron's cross entropy wants a valid id.
             labels = labels.clamp(min=0)
@@ -186,17 +217,27 @@ class InfiMedModel(MegatronModule):
         )
 
 
-def _zero_rows(hidden: Tensor, ranges: list[tuple[int, int]]) -> Tensor:
-    """``hidden`` [S, B, H] with the rows of ``ranges`` zeroed, out of place (the embedding's output
-    may come from a custom autograd function, which forbids in-place writes)."""
-    padding = torch.zeros(hidden.shape[0], 1, 1, dtype=torch.bool, device=hidden.device)
+def _zero_rows(hidden: Tensor, ranges: list[tuple[int, int]], length: int,
+               context: ContextShard | None) -> Tensor:
+    """``hidden`` [S, B, H] with the rows of ``ranges`` (positions in the whole sequence of
+    ``length``; this CP rank's rows of it under ``context``) zeroed, out of place (the embedding's
+    output may come from a custom autograd function, which forbids in-place writes)."""
+    padding = torch.zeros(length, dtype=torch.bool, device=hidden.device)
     for start, end in ranges:
         padding[start:end] = True
-    return hidden.masked_fill(padding, 0)
+    if context is not None:
+        padding = context.take(padding, dim=0)
+    return hidden.masked_fill(padding.view(-1, 1, 1), 0)
 
 
-def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int) -> PackedSeqParams:
-    """The THD description megatron-core's attention and RoPE read."""
+def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int, real_cu_seqlens: Tensor | None = None) -> PackedSeqParams:
+    """The THD description megatron-core's attention and RoPE read. Under context parallelism
+    ``cu_seqlens`` are the boundaries padded to 2N (``cu_seqlens_*_padded``, which RoPE and the
+    split follow) and ``real_cu_seqlens`` the samples' own lengths (TE's attention skips the rest)."""
     cu = cu_seqlens.to(torch.int32)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                           max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    if real_cu_seqlens is None:
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                               max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    real = real_cu_seqlens.to(torch.int32)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real, cu_seqlens_q_padded=cu,
+                           cu_seqlens_kv_padded=cu, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)

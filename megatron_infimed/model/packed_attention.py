@@ -9,6 +9,9 @@ their boundaries. Each sample must attend only to itself, causally:
 | scaled-dot-product per segment   | O(Σ lᵢ²)         | CPU, and GPU without varlen kernels  |
 | varlen flash attention           | O(Σ lᵢ²), fused  | CUDA with torch's varlen kernel       |
 
+Under context parallelism (``config.context_parallel_size`` > 1) each rank holds 2 chunks of every
+sample; its queries attend to K/V all-gathered over the CP group (``model/context_parallel.py``).
+
 The vision encoder uses the same module with ``AttnMaskType.no_mask``: bidirectional within each
 image (each image is its own batch row). It never touches megatron-core's CUDA global memory
 buffer, so it also runs on the CPU backend.
@@ -25,6 +28,8 @@ import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
+
+from megatron_infimed.model import context_parallel
 
 try:  # torch ≥ 2.9 ships a varlen flash-attention entry point on CUDA.
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
@@ -87,11 +92,12 @@ class PackedDotProductAttention(MegatronModule):
                  attention_dropout: float | None = None, softmax_scale: float | None = None,
                  cp_comm_type: str | None = None, pg_collection=None):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("context parallelism needs Transformer Engine attention (--transformer-impl te)")
         if pg_collection is None:
             from megatron.core.process_groups_config import ProcessGroupCollection
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(
+                required_pgs=["tp", "cp"] if config.context_parallel_size > 1 else ["tp"])
+        # The vision encoder runs at CP=1 inside a CP>1 world: only its config says which applies.
+        self.cp_group = pg_collection.cp if config.context_parallel_size > 1 else None
         tp = pg_collection.tp.size()
         self.heads = divide(config.num_attention_heads, tp)
         self.groups = divide(config.num_query_groups or config.num_attention_heads, tp)
@@ -124,6 +130,9 @@ class PackedDotProductAttention(MegatronModule):
 
     def _thd(self, query, key, value, params, causal):
         cu = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+        if self.cp_group is not None:
+            shard = context_parallel.ContextShard.of(cu.tolist(), self.cp_group, query.device)
+            return context_parallel.attention(query, key, value, shard, causal, self.scale)
         if _varlen_attn is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
             max_len = params.max_seqlen_q or int((cu[1:] - cu[:-1]).max())
             return varlen_attention(_varlen_attn, query, key, value, cu, max_len, causal, self.scale)

@@ -8,6 +8,11 @@ Which attention, MLP and norm a layer uses is chosen here, by spec, never by ``i
 |                  | core attention = PackedDotProductAttention      | PackedDotProductAttention           |
 | te               | megatron-core's Transformer Engine GPT spec     | megatron-core's TE ViT spec         |
 |                  | (fused THD attention, FP8 recipes)              |                                     |
+
+The local decoder's norms (``TorchNorm``) are torch's RMSNorm, as megatron's ``WrappedTorchNorm``
+builds it, but usable with sequence parallelism: megatron refuses SP for its torch-norm wrapper
+because it does not mark the weights; here they are marked, so that ``finalize_model_grads``
+all-reduces their partial gradients over the tensor-parallel group as it does for TE's norms.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import copy
 import functools
 
+import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 
 from megatron_infimed.model.packed_attention import PackedDotProductAttention
 
@@ -38,6 +45,22 @@ def _check_impl(impl: str) -> None:
                               "'megatron-infimed[gpu]'); use 'local' without it") from error
 
 
+class TorchNorm:
+    """torch's LayerNorm or RMSNorm (``config.normalization``) with megatron's norm constructor;
+    under sequence parallelism its weights carry ``sequence_parallel`` (see the module docstring)."""
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
+                zero_centered_gamma: bool = False, normalization: str = "LayerNorm"):
+        kinds = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+        if config.normalization not in kinds or config.layernorm_zero_centered_gamma:
+            raise ValueError(f"TorchNorm builds {sorted(kinds)} without zero-centred gamma, not "
+                             f"{config.normalization!r} (zero_centered_gamma={config.layernorm_zero_centered_gamma})")
+        norm = kinds[config.normalization](hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
 def language_layer_spec(impl: str) -> ModuleSpec:
     _check_impl(impl)
     if impl == "te":
@@ -45,8 +68,23 @@ def language_layer_spec(impl: str) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     spec = copy.deepcopy(get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"))
-    spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    attention = spec.submodules.self_attention.submodules
+    attention.core_attention = PackedDotProductAttention
+    attention.q_layernorm = attention.k_layernorm = TorchNorm
+    spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = TorchNorm
     return spec
+
+
+def language_block_spec(impl: str, config, vp_stage: int | None = None) -> ModuleSpec:
+    """The decoder block of this pipeline stage: its layers and, for local layers, a ``TorchNorm``
+    final norm (a bare layer spec would get megatron's default final norm, which refuses SP)."""
+    layer = language_layer_spec(impl)
+    if impl == "te":
+        return layer
+    from megatron.core.transformer.transformer_block import get_num_layers_to_build
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return ModuleSpec(module=TransformerBlock,
+                      submodules=TransformerBlockSubmodules(layer_specs=[layer] * layers, layer_norm=TorchNorm))
 
 
 def vision_layer_spec(impl: str) -> ModuleSpec:

@@ -98,8 +98,12 @@ def projector_fp8_reason(config: ModelConfig, parallel: ParallelConfig, fp8: Fp8
 
 
 def _first_stage_only(parallel: ParallelConfig) -> ParallelConfig:
-    """The vision encoder and the projector live whole on the first pipeline stage."""
-    return dataclasses.replace(parallel, pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None)
+    """The vision encoder and the projector live whole on the first pipeline stage. They see whole
+    images, never a slice of the sequence: no context parallelism (the CP ranks divide the images
+    among themselves instead, ``model/context_parallel.py``) and no sequence parallelism (the image
+    embeddings join the full sequence before it is scattered)."""
+    return dataclasses.replace(parallel, pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None,
+                               context_parallel_size=1, sequence_parallel=False)
 
 
 def _common(parallel: ParallelConfig, dtype: torch.dtype) -> dict:
@@ -107,7 +111,7 @@ def _common(parallel: ParallelConfig, dtype: torch.dtype) -> dict:
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
+        context_parallel_size=parallel.context_parallel_size, sequence_parallel=parallel.sequence_parallel,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         # Weights are created whole on the CPU and then sharded, so they do not depend on the
         # layout; model.init then sets them from per-name seeds.

@@ -7,12 +7,13 @@
       │  cu_seqlens, counts to every later stage (one broadcast per
       │  tensor kind over the pipeline group); images stay on stage 0
       ▼
-    tensor-parallel hand-over + device: as its micro-batch runs, each        micro_batch
-       stage's tp 0 moves the pack to its device and broadcasts it to its
-       tensor-parallel group
+    tensor- and context-parallel hand-over + device: as its micro-batch     micro_batch
+       runs, each stage's tp 0 / cp 0 rank moves the pack to its device and
+       broadcasts it to its tensor × context-parallel group (each CP rank
+       then keeps its own chunks of it, inside the model)
 
-Only the first pipeline stage's tensor-parallel rank 0 reads (decodes images, tokenises, packs):
-``reads_data()``. Later stages get each pack with its images replaced by an empty [K, 3, 0, 0]
+Only the first pipeline stage's tensor- and context-parallel rank 0 reads (decodes images,
+tokenises, packs): ``reads_data()``. Later stages get each pack with its images replaced by an empty [K, 3, 0, 0]
 placeholder that keeps the image count.
 
 Images go to the first stage only: its vision encoder is the only user, and they are most of a
@@ -86,21 +87,21 @@ class ShardSource:
 def build_source(config: RunConfig, model_config: ModelConfig, tokenizer: Tokenizer | None, dp_rank: int,
                  dp_size: int, num_microbatches: int) -> PackSource:
     """This data-parallel rank's source: mock packs, or the shard loader over ``config.data``."""
-    batch, cp = config.batch, config.parallel.context_parallel_size
-    fp8_recipe = config.model.fp8_recipe if config.model.fp8 else None
+    batch = config.batch
     if config.data.mock_data:
-        layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=cp, fp8_recipe=fp8_recipe,
-)
         return MockDataIterator(model_config, batch.seq_length, batch.micro_batch_size, config.optim.seed,
-                                dp_rank, dp_size, num_microbatches, config.data.reset_data_state, layout)
+                                dp_rank, dp_size, num_microbatches, config.data.reset_data_state,
+                                PackLayout.of(config))
     loader = build_train_loader(config.data, batch, model_config, tokenizer, dp_rank, dp_size, config.optim.seed,
-                                context_parallel=cp, fp8_recipe=fp8_recipe)
+                                PackLayout.of(config, tokenizer.pad_id))
     return ShardSource(loader, batch.micro_batch_slots, tokenizer.pad_id, config.data.reset_data_state)
 
 
 def reads_data() -> bool:
-    """Is this rank its model replica's reader (first pipeline stage, tensor-parallel rank 0)?"""
+    """Is this rank its model replica's reader (first pipeline stage, tensor- and context-parallel
+    rank 0)?"""
     return (parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_context_parallel_rank() == 0
             and parallel_state.is_pipeline_first_stage(ignore_virtual=True))
 
 
@@ -146,21 +147,27 @@ class StepFeed:
 
 
 def micro_batch(data_iterator: Iterator[Pack], check) -> Pack:
-    """The next pack of this step on this rank's device: tensor-parallel rank 0 takes it from the
-    step's list, checks it on the host with ``check`` (the model's ``check_pack``: lengths and image
-    counts, so the device never syncs to check them) and moves it (each pack reaches the device
-    when its micro-batch runs, not a whole step's images at once), then sends it to the rest of its
-    tensor-parallel group."""
+    """The next pack of this step on this rank's device: tensor- and context-parallel rank 0 takes
+    it from the step's list, checks it on the host with ``check`` (the model's ``check_pack``:
+    lengths and image counts, so the device never syncs to check them) and moves it (each pack
+    reaches the device when its micro-batch runs, not a whole step's images at once), then sends
+    it to the rest of its tensor × context-parallel group."""
     local = None
-    if parallel_state.get_tensor_model_parallel_rank() == 0:
+    sender = (parallel_state.get_tensor_model_parallel_rank() == 0
+              and parallel_state.get_context_parallel_rank() == 0)
+    if sender:
         local = next(data_iterator)
         check(local)
         local = local.to(distributed.device())
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+    group = parallel_state.get_tensor_and_context_parallel_group()
+    if group.size() == 1:
         return local
-    packs, _ = broadcast_packs([local] if local is not None else None,
-                               parallel_state.get_tensor_model_parallel_src_rank(),
-                               parallel_state.get_tensor_model_parallel_group())
+    # megatron orders ranks tp fastest, then cp: the group's first rank is its tp 0 / cp 0 rank.
+    src = min(torch.distributed.get_process_group_ranks(group))
+    if sender != (torch.distributed.get_rank() == src):
+        raise RuntimeError(f"rank {torch.distributed.get_rank()}: the tensor × context-parallel group's first rank "
+                           f"{src} is not its tp 0 / cp 0 reader (an unexpected megatron rank order)")
+    packs, _ = broadcast_packs([local] if local is not None else None, src, group)
     return packs[0]
 
 

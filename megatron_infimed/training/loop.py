@@ -52,7 +52,9 @@ def _loop(run: Run, stop: StopRequest) -> dict:
     config = run.config
     start_time = time.time()
     stepper = Stepper(run)
-    last_stage_tp0 = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+    # One writer per data-parallel rank: its last stage's tensor- and context-parallel rank 0.
+    last_stage_tp0 = (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+                      and parallel_state.get_context_parallel_rank() == 0)
     logger = MetricsLogger(config.logging, last_stage_tp0 and parallel_state.get_data_parallel_rank() == 0,
                            config.to_dict())
     ledger = SampleLedger(config.logging.run_dir, last_stage_tp0)

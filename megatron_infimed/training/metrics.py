@@ -132,16 +132,20 @@ class MetricsLogger:
 
 def step_record(run, result, peak: float | None) -> dict:
     """The metrics of the step ``result`` of ``run``: loss and token counts summed over
-    data-parallel ranks (meaningful on the last pipeline stage, which logs them)."""
+    data- and context-parallel ranks (meaningful on the last pipeline stage, which logs them)."""
     packs, seconds = result.packs, result.seconds
     real = sum(p.num_real_tokens for p in packs)
     slots = sum(p.num_tokens for p in packs)
     frozen = frozen_parts(run.config.model)
     flops = sum(pack_training_flops(run.model_config, p, frozen) for p in packs)
     stats = run.feed.stats()
-    totals = torch.tensor([result.loss_sum, result.weight_sum, real, slots, flops, stats.get("skipped", 0)],
+    # Every context-parallel rank holds the whole packs but only its chunks' loss: the pack counts
+    # come from CP rank 0, the loss sums from every CP rank.
+    pack_share = 1.0 if parallel_state.get_context_parallel_rank() == 0 else 0.0
+    totals = torch.tensor([result.loss_sum, result.weight_sum, real * pack_share, slots * pack_share,
+                           flops * pack_share, stats.get("skipped", 0) * pack_share],
                           dtype=torch.float64, device=distributed.device())
-    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     loss_sum, weight_sum, real, slots, flops, skipped = totals.tolist()
     tflops_per_gpu = flops / seconds / torch.distributed.get_world_size() / 1e12
     # The loader's cumulative counters (truncations, bad inputs, ...) of this data-parallel rank.

@@ -1,11 +1,12 @@
 """One micro-batch through the model, as megatron-core's pipeline schedules call it.
 
 The loss is a global weighted mean: ``Σ w·ce / Σ w`` over every micro-batch and data-parallel
-rank of the step, with ``w`` the loader's per-token loss weights (1 per trainable token in
-``token`` mode; ``sample`` and ``square`` weight each sample as the loader documents).
+rank of the step (and context-parallel rank: each holds its chunks' tokens), with ``w`` the
+loader's per-token loss weights (1 per trainable token in ``token`` mode; ``sample`` and
+``square`` weight each sample as the loader documents).
 megatron-core's ``calculate_per_token_loss`` path keeps an *integer* token count, so the
 weight sum is kept here (``LossAccumulator``) and the gradients are divided by it in
-``finalize_grads`` after megatron has summed them across data-parallel ranks.
+``finalize_grads`` after megatron has summed them across data- × context-parallel ranks.
 
 Each micro-batch's pack comes from ``feed.micro_batch`` (the module that owns a step's packs from
 the reader to the device).
@@ -23,6 +24,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_infimed.data.pack import Pack
+from megatron_infimed.model.context_parallel import ContextShard, real_bounds
 from megatron_infimed.model.infimed import packed_seq_params
 from megatron_infimed.runtime import distributed
 from megatron_infimed.training.feed import micro_batch
@@ -59,31 +61,40 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
         pack = micro_batch(data_iterator, unwrapped.check_pack)
         if unwrapped.post_process:
             seen.append(pack)
+        context, real_cu, loss_weights = None, None, pack.loss_weights
+        if parallel_state.get_context_parallel_world_size() > 1:
+            # Every CP rank holds the whole pack; the model keeps this rank's chunks of it.
+            device = pack.tokens.device
+            context = ContextShard.of(pack.bounds, parallel_state.get_context_parallel_group(), device)
+            real_cu = torch.tensor(real_bounds(pack.bounds, pack.padding_ranges), dtype=torch.int32, device=device)
+            loss_weights = context.take(loss_weights)
         output = model(
             pack.tokens.view(1, -1), pack.position_ids.view(1, -1),
             images=pack.images if unwrapped.pre_process else None,
-            packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen),
+            packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen, real_cu),
             labels=pack.labels.view(1, -1) if unwrapped.post_process else None,
             images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids, checked=True,
-            padding_ranges=pack.padding_ranges,
+            padding_ranges=pack.padding_ranges, context=context,
         )
-        return output, partial(accumulator.loss_func, pack.loss_weights)
+        return output, partial(accumulator.loss_func, loss_weights)
 
     return forward_step
 
 
 def global_weight_sum(accumulator: LossAccumulator) -> torch.Tensor:
-    """Σ w of the whole step: from the last pipeline stage, summed over data-parallel ranks."""
+    """Σ w of the whole step: from the last pipeline stage, summed over data- and context-parallel
+    ranks (the group megatron's DDP sums the gradients over)."""
     total = accumulator.weight_sum.clone()
     pp_group = parallel_state.get_pipeline_model_parallel_group()
     last = parallel_state.get_pipeline_model_parallel_last_rank()
     torch.distributed.broadcast(total, src=last, group=pp_group)
-    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     return total
 
 
 def make_finalize_grads(accumulator: LossAccumulator):
-    """megatron's gradient finalisation (DP all-reduce, tied embeddings), then ÷ Σ w."""
+    """megatron's gradient finalisation (DP × CP all-reduce, tied embeddings, sequence-parallel norm
+    weights over TP), then ÷ Σ w."""
 
     def finalize(model_chunks, num_tokens=None, pg_collection=None, force_all_reduce=False):
         finalize_model_grads(model_chunks, num_tokens=None, pg_collection=pg_collection,

@@ -106,3 +106,37 @@ def test_a_bf16_model_built_for_benchmarks_runs_its_vision_tower(mcore_world):
         embeddings = model.module.vision_model(images.to(torch.bfloat16))
     assert embeddings.dtype == torch.bfloat16
     assert embeddings.shape[0] == 2 and torch.isfinite(embeddings).all()
+
+
+SPLIT = ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True, context_parallel_size=2)
+
+
+@pytest.mark.parametrize("target", [Target("cpu", "local"), Target("cuda", "local"), Target("cuda", "te")])
+def test_sequence_and_context_parallelism_reach_the_decoder_and_megatron_accepts_them(target):
+    kwargs = language_kwargs(BIG, SPLIT, torch.bfloat16, target)
+    assert (kwargs["sequence_parallel"], kwargs["context_parallel_size"]) == (True, 2)
+    if target.impl == "local":  # TE's fused RoPE cannot be configured without TE installed
+        TransformerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("build", [vision_kwargs, projector_kwargs])
+def test_the_vision_tower_and_projector_see_whole_images_never_a_split_sequence(build):
+    for target in (Target("cuda", "te"), Target("cuda", "local")):
+        kwargs = build(BIG, SPLIT, torch.bfloat16, target)
+        assert (kwargs["sequence_parallel"], kwargs["context_parallel_size"],
+                kwargs["tensor_model_parallel_size"]) == (False, 1, 2)
+    TransformerConfig(**kwargs)
+
+
+def test_local_decoder_norms_are_marked_for_the_sequence_parallel_gradient_all_reduce():
+    from megatron_infimed.model.specs import TorchNorm, language_block_spec
+
+    config = TransformerConfig(**language_kwargs(TINY, SPLIT, torch.float32, Target("cpu", "local")))
+    block = language_block_spec("local", config).submodules
+    assert block.layer_norm is TorchNorm and len(block.layer_specs) == TINY.language.num_layers
+    layer = block.layer_specs[0].submodules
+    assert layer.input_layernorm is layer.pre_mlp_layernorm is TorchNorm
+    norm = TorchNorm(config, 8, eps=1e-6)
+    assert isinstance(norm, torch.nn.RMSNorm) and norm.weight.sequence_parallel
+    plain = TransformerConfig(**language_kwargs(TINY, ParallelConfig(), torch.float32, Target("cpu", "local")))
+    assert not TorchNorm(plain, 8).weight.sequence_parallel

@@ -135,3 +135,25 @@ def test_help_documents_every_option_with_its_meaning_and_default(capsys):
 def test_freezing_every_part_is_refused_at_parse_time():
     with pytest.raises(ValueError, match="every part of the model is frozen"):
         load_config(["--mock-data", "--freeze-vision", "--freeze-projector", "--freeze-language"])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sequence-parallel"], "--sequence-parallel .* needs --tensor-model-parallel-size > 1"),
+    (["--context-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
+     "--context-parallel-size > 1 with --pipeline-model-parallel-size > 1 is not supported"),
+    (["--context-parallel-size", "2", "--seq-length", "190"],
+     r"--seq-length 190 must be a multiple of 4 \(2 × context-parallel size 2\).* use 192"),
+    (["--tensor-model-parallel-size", "4", "--sequence-parallel", "--seq-length", "1022"],
+     r"--seq-length 1022 must be a multiple of 4 \(tensor-parallel size 4 \(sequence parallelism\)\)"),
+    (["--transformer-impl", "te", "--bf16", "--fp8", "hybrid", "--fp8-recipe", "mxfp8", "--seq-length", "1040"],
+     r"multiple of 32 \(the mxfp8 FP8 recipe\)"),
+])
+def test_layouts_that_cannot_run_are_refused_at_parse_time_naming_why(flags, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(["--mock-data", *flags])
+
+
+def test_sequence_and_context_parallel_layouts_that_can_run_are_accepted():
+    config = load_config(["--mock-data", "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                             "--context-parallel-size", "2", "--seq-length", "1024"])
+    assert config.parallel.sequence_parallel and config.parallel.context_parallel_size == 2

@@ -1,11 +1,27 @@
-"""Tensor, pipeline and data parallelism change where the arithmetic happens, not its result:
-the per-iteration loss and gradient norm match one rank (fp32, 1e-5 relative) on --mock-data."""
+"""Tensor, sequence, context, pipeline and data parallelism change where the arithmetic happens,
+not its result: the per-iteration loss and gradient norm match one rank (fp32, 1e-5 relative) on
+--mock-data, whose packs hold several samples of odd lengths, most with an image."""
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from trainrun import read_metrics, torchrun
+from trainrun import free_port, read_metrics, torchrun
 
-MOCK = ["--preset", "tiny", "--mock-data", "--train-iters", "3", "--seed", "11", "--log-interval", "1",
+MOCK = ["--preset", "tiny", "--mock-data", "--train-iters", "4", "--seed", "11", "--log-interval", "1",
         "--seq-length", "192", "--global-batch-size", "4", "--lr", "2e-3"]
+# Layouts of 4 ranks run in one launch (tests/training/layouts_worker.py); data parallelism
+# fills the ranks a layout leaves.
+FOUR_RANK_LAYOUTS = {
+    "tp2-sp-dp2": "--tensor-model-parallel-size 2 --sequence-parallel",
+    "tp2-cp2": "--tensor-model-parallel-size 2 --context-parallel-size 2",
+    "tp2-sp-cp2": "--tensor-model-parallel-size 2 --sequence-parallel --context-parallel-size 2",
+    "tp2-sp-pp2": "--tensor-model-parallel-size 2 --sequence-parallel --pipeline-model-parallel-size 2",
+    "cp2-dp2-distopt": "--context-parallel-size 2 --use-distributed-optimizer",
+}
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +42,21 @@ def reference(runs):
     return runs("tp1", 1)
 
 
+@pytest.fixture(scope="module")
+def four_rank_layouts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("four-rank-layouts")
+    mock = shlex.join(MOCK)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", f"--master-port={free_port()}",
+               str(Path(__file__).with_name("layouts_worker.py")), str(root),
+               *(f"{name}={mock} {flags}" for name, flags in FOUR_RANK_LAYOUTS.items())]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return root
+
+
 def assert_same_curve(reference, other):
-    assert [r["iteration"] for r in other] == [1, 2, 3]
+    assert [r["iteration"] for r in other] == [1, 2, 3, 4]
     for ref, got in zip(reference, other):
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
@@ -35,7 +64,7 @@ def assert_same_curve(reference, other):
 
 
 def test_metrics_have_one_record_per_iteration_with_the_required_fields(reference):
-    assert [r["iteration"] for r in reference] == [1, 2, 3]
+    assert [r["iteration"] for r in reference] == [1, 2, 3, 4]
     for record in reference:
         assert {"iteration", "loss", "grad_norm", "lr", "tokens", "tokens_per_s", "fill_ratio"} <= set(record)
     assert reference[-1]["loss"] < reference[0]["loss"], "mock training should learn"
@@ -43,6 +72,20 @@ def test_metrics_have_one_record_per_iteration_with_the_required_fields(referenc
 
 def test_tensor_parallel_2_matches_one_rank(runs, reference):
     assert_same_curve(reference, runs("tp2", 2, "--tensor-model-parallel-size", "2"))
+
+
+def test_sequence_parallel_with_tensor_parallel_2_matches_one_rank(runs, reference):
+    assert_same_curve(reference, runs("tp2-sp", 2, "--tensor-model-parallel-size", "2", "--sequence-parallel"))
+
+
+def test_context_parallel_2_matches_one_rank(runs, reference):
+    assert_same_curve(reference, runs("cp2", 2, "--context-parallel-size", "2"))
+
+
+@pytest.mark.parametrize("layout", sorted(FOUR_RANK_LAYOUTS))
+def test_four_rank_layouts_with_sequence_or_context_parallelism_match_one_rank(four_rank_layouts, reference,
+                                                                              layout):
+    assert_same_curve(reference, read_metrics(four_rank_layouts / layout))
 
 
 def test_pipeline_parallel_2_matches_one_rank(runs, reference):
