@@ -2,6 +2,7 @@
 not its result: the per-iteration loss and gradient norm match one rank (fp32, 1e-5 relative) on
 --mock-data, whose packs hold several samples of odd lengths, most with an image."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trainrun import free_port, read_metrics, torchrun
+from trainrun import free_port, read_metrics, shard_flags, torchrun
 
 MOCK = ["--preset", "tiny", "--mock-data", "--train-iters", "4", "--seed", "11", "--log-interval", "1",
         "--seq-length", "192", "--global-batch-size", "4", "--lr", "2e-3"]
@@ -42,13 +43,18 @@ def reference(runs):
     return runs("tp1", 1)
 
 
+SHARD_RUN = ["--train-iters", "3", "--seed", "11", "--log-interval", "1", "--seq-length", "192",
+             "--global-batch-size", "4"]
+
+
 @pytest.fixture(scope="module")
-def four_rank_layouts(tmp_path_factory) -> Path:
+def four_rank_layouts(tmp_path_factory, shard_dataset) -> Path:
     root = tmp_path_factory.mktemp("four-rank-layouts")
     mock = shlex.join(MOCK)
+    shards = shlex.join([*shard_flags(*shard_dataset), *SHARD_RUN, "--context-parallel-size", "2"])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", f"--master-port={free_port()}",
                str(Path(__file__).with_name("layouts_worker.py")), str(root),
-               *(f"{name}={mock} {flags}" for name, flags in FOUR_RANK_LAYOUTS.items())]
+               *(f"{name}={mock} {flags}" for name, flags in FOUR_RANK_LAYOUTS.items()), f"cp2-dp2-shards={shards}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -86,6 +92,21 @@ def test_context_parallel_2_matches_one_rank(runs, reference):
 def test_four_rank_layouts_with_sequence_or_context_parallelism_match_one_rank(four_rank_layouts, reference,
                                                                               layout):
     assert_same_curve(reference, read_metrics(four_rank_layouts / layout))
+
+
+def test_context_parallel_trains_on_real_shards_with_the_data_split_over_data_parallel_ranks_only(
+        four_rank_layouts):
+    records = read_metrics(four_rank_layouts / "cp2-dp2-shards")
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    assert all(0 < r["loss"] < 20 and r["tokens"] > 0 for r in records)
+    # One ledger per data-parallel rank (written by its CP rank 0 alone); the two CP ranks of a
+    # data-parallel rank share its packs, and the data-parallel ranks read disjoint samples (an
+    # epoch of this dataset ends within two iterations, and the next one splits it anew).
+    ledgers = [[json.loads(line) for line in (four_rank_layouts / "cp2-dp2-shards" / f"samples-dp{r}.jsonl").open()]
+               for r in (0, 1)]
+    assert [[e["iteration"] for e in ledger] for ledger in ledgers] == [[1, 2, 3]] * 2
+    first = [set(ledger[0]["sample_ids"]) for ledger in ledgers]
+    assert all(first) and not first[0] & first[1]
 
 
 def test_pipeline_parallel_2_matches_one_rank(runs, reference):
