@@ -79,6 +79,20 @@ configure() {
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 }
 
+# A 0/1 variable NAME for a trainer switch: 1 adds --FLAG, 0 adds --no-FLAG (to turn off what the
+# config turns on, e.g. SP=0 with TP=1 on a preset whose config sets sequence_parallel), unset or
+# empty adds nothing.
+switch_flag() {
+    local name=$1 flag=$2
+    local value=${!name:-}
+    case "$value" in
+        "") ;;
+        1) FLAGS+=("--$flag") ;;
+        0) FLAGS+=("--no-$flag") ;;
+        *) die "$name=$value: set it to 1 (--$flag) or 0 (--no-$flag)" ;;
+    esac
+}
+
 train_flags() {
     FLAGS=(--save "$SAVE_DIR" --load "$SAVE_DIR" --run-dir "$RUN_DIR")
     # The weights a new run starts from. The trainer refuses a folder without a checkpoint and
@@ -90,6 +104,9 @@ train_flags() {
     fi
     [[ -n "${TP:-}" ]] && FLAGS+=(--tensor-model-parallel-size "$TP")
     [[ -n "${PP:-}" ]] && FLAGS+=(--pipeline-model-parallel-size "$PP")
+    [[ -n "${CP:-}" ]] && FLAGS+=(--context-parallel-size "$CP")
+    switch_flag SP sequence-parallel
+    switch_flag DIST_OPT use-distributed-optimizer
     [[ -n "${TOKENIZER:-}" ]] && FLAGS+=(--tokenizer "$TOKENIZER")
     local extra=()
     # EXTRA_ARGS is split at whitespace; pass values that contain spaces as script arguments.

@@ -16,7 +16,7 @@ import torch
 from megatron_infimed.config.flags import Mode
 from megatron_infimed.config.presets import ModelConfig
 from megatron_infimed.config.run import ParallelConfig, RunConfig
-from megatron_infimed.data.pack_builder import pad_multiple
+from megatron_infimed.data.pack_builder import PackLayout
 from megatron_infimed.model.infimed import InfiMedModel
 from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.model.transformer_configs import (
@@ -84,8 +84,8 @@ def effective(config: RunConfig, model_config: ModelConfig, device: str | None =
     report = {name: _view(kwargs, target, reason) for name, (kwargs, reason) in parts.items()}
     return {
         "device": target.device, **report,
-        "pad_multiple": pad_multiple(parallel.tensor_model_parallel_size, False, parallel.context_parallel_size,
-                                     fp8.fp8_recipe if fp8 else None),
+        # The trainer's own alignment (TP × SP × CP × FP8), as its loader pads every pack.
+        "pad_multiple": PackLayout.of(config).pack_multiple,
     }
 
 

@@ -32,8 +32,10 @@ kv = query groups × head_dim (GQA), f the SwiGLU width:
 
 (MHA without QK-norm, a 4h GELU MLP and two dropout masks give back Korthikanti's 34h, 10h + 24h/t
 with TP, 34h/t with TP + SP.) The ViT layer (LayerNorm, biases, MHA, GELU of width f_v) is 8c replicated and
-8c + 4f_v split. The projector keeps 2·c_in + 4·c_p/t per image token. Context parallelism
-divides the decoder's tokens by cp; the ViT sees whole images.
+8c + 4f_v split. The projector keeps 2·c_in + 4·c_p/t per image token. Sequence parallelism
+(``--sequence-parallel``) divides the decoder's replicated terms by t; the ViT runs without it.
+Context parallelism divides the decoder's tokens by cp, and the micro-batch's images over the cp
+ranks (each runs the ViT and the projector on ⌈images/cp⌉ of them).
 
 Assumptions, each a choice a reader may want to change:
 - **No a·s² term.** Every attention path the trainer runs (Transformer Engine's fused attention,
@@ -47,8 +49,8 @@ Assumptions, each a choice a reader may want to change:
   fused bias-SwiGLU on CUDA). torch's composite RMSNorm and unfused SwiGLU (the CPU) keep more.
   K and V are kept at KV width (a torch varlen kernel without GQA repeats them to query width).
 - **Full recomputation** (``uniform``, n layers per group) keeps each group's input, 2h per token
-  (÷t with SP), plus, once, the full activations of the group being recomputed in the backward;
-  ``block`` (n layers) keeps full activations for the other layers and recomputes one at a time.
+  (÷t with SP in the decoder), plus, once, the full activations of the group being recomputed in
+  the backward; ``block`` (n layers) keeps full activations for the other layers and recomputes one at a time.
   The ViT follows the same setting (its config gets it); the projector is never recomputed.
 - **Pipeline schedule**: 1F1B; stage i holds min(pp − i, m) micro-batches in flight (m micro-batches
   per step), so stage 0 holds pp × L/pp = L layers' worth (Korthikanti's observation).
@@ -56,12 +58,22 @@ Assumptions, each a choice a reader may want to change:
   its first backward, megatron's warm-up; stage 0 holds L·(1 + (pp − 1)/(pp·vp)) layers' worth.
 - **Images per micro-batch**: the most a micro-batch can hold, every slot an image token:
   ⌊seq_length × micro_batch_size / tokens_per_image⌋ (a pretraining pack of 144-token images with
-  short captions comes close). The vision tower's per-layer term uses s = that × patches per image,
-  on the first stage, for each micro-batch in flight there.
+  short captions comes close). The vision tower's per-layer term uses s = ⌈that / cp⌉ × patches per
+  image, on the first stage, for each micro-batch in flight there.
 - **Frozen parts** that nothing before them trains (a frozen ViT; a frozen projector after a frozen
   ViT) run forward only and keep no activations (``flops.passes_per_part`` says 1). A frozen part on
   the gradient path is counted like a trained one (an upper bound: megatron's frozen linear layers
   keep no input for weight gradients).
+- **Sequence parallelism** applies to the decoder only (and the final norm): the trainer writes the
+  image embeddings into the whole sequence and scatters it to the sequence-parallel region, so the
+  ViT and the projector keep their replicated terms whole (an image's 729 patches do not split
+  evenly over t anyway).
+- **Context parallelism**: each cp rank runs the ViT and the projector on ⌈images/cp⌉ of the
+  micro-batch's images (the embeddings are all-gathered before being split with the sequence).
+  With ``--transformer-impl te`` attention keeps the rank's own K and V (Transformer Engine's THD
+  context parallelism passes the others' around the ring); the local layers attend over K and V
+  all-gathered from the cp ranks and keep them for the backward: 4·kv·(cp − 1)/t more bytes per
+  token of the rank, per layer (``gathered_kv_bytes``).
 - **Logits** on the last stage, one micro-batch: fp32 logits for the loss, 4·V/t bytes per token,
   and the final norm's input and output, 4h (÷t with SP).
 - **Distributed optimizer**: megatron-core pads its buffers (each tensor starts at a multiple of
@@ -75,8 +87,6 @@ Assumptions, each a choice a reader may want to change:
   "80 GB" H100 holds 85.5 × 10⁹ (79.6 GiB), so ``--gpu-memory-gb 80`` leaves about 5.5 GB for what
   is not counted.
 - The preset's vocabulary (a tokenizer may grow it; the run checks that, the plan does not).
-- Sequence parallelism is not implemented in the trainer: ``plan_memory(sequence_parallel=True)``
-  plans it, the CLI does not offer it.
 """
 
 from __future__ import annotations
@@ -107,8 +117,9 @@ class Layout:
     sequence_parallel: bool = False
 
     @classmethod
-    def of(cls, config: RunConfig, world_size: int | None = None, sequence_parallel: bool = False) -> Layout:
-        """``world_size`` unset: one data-parallel replica, tp × pp × cp GPUs."""
+    def of(cls, config: RunConfig, world_size: int | None = None) -> Layout:
+        """``world_size`` unset: one data-parallel replica, tp × pp × cp GPUs. Sequence parallelism is
+        the config's (``ParallelConfig`` refuses it without TP)."""
         p = config.parallel
         tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
         model_parallel = tp * pp * cp
@@ -123,14 +134,14 @@ class Layout:
                              f"size = {mbs} × {dp}")
         return cls(world_size=world_size, tensor=tp, pipeline=pp, context=cp,
                    virtual=p.virtual_pipeline_model_parallel_size, data=dp, num_microbatches=gbs // (mbs * dp),
-                   sequence_parallel=sequence_parallel and tp > 1)
+                   sequence_parallel=p.sequence_parallel)
 
     @property
     def chunks(self) -> int:
         return self.virtual or 1
 
     def replicated(self) -> int:
-        """What divides the activations TP does not split: t under sequence parallelism, else 1."""
+        """What divides the decoder's activations TP does not split: t under sequence parallelism, else 1."""
         return self.tensor if self.sequence_parallel else 1
 
 
@@ -219,10 +230,19 @@ def language_layer_bytes(lang: LanguageConfig, layout: Layout) -> float:
     return 8 * h / layout.replicated() + (6 * q + 6 * kv + 6 * f) / layout.tensor
 
 
+def gathered_kv_bytes(lang: LanguageConfig, layout: Layout, transformer_impl: str) -> float:
+    """bf16 bytes per token one decoder layer keeps beyond ``language_layer_bytes`` under context
+    parallelism: the other cp ranks' K and V, which the local layers all-gather and attend over
+    (``model/context_parallel.py``); Transformer Engine's ring attention keeps none."""
+    if layout.context == 1 or transformer_impl != "local":
+        return 0.0
+    return 4 * lang.num_query_groups * lang.kv_channels * (layout.context - 1) / layout.tensor
+
+
 def vision_layer_bytes(vis: VisionConfig, layout: Layout) -> float:
-    """bf16 bytes one ViT layer keeps per patch, without recomputation."""
+    """bf16 bytes one ViT layer keeps per patch, without recomputation (no sequence parallelism)."""
     c, f = vis.hidden_size, vis.ffn_hidden_size
-    return 8 * c / layout.replicated() + (8 * c + 4 * f) / layout.tensor
+    return 8 * c + (8 * c + 4 * f) / layout.tensor
 
 
 @dataclass(frozen=True)
@@ -234,14 +254,15 @@ class StackBytes:
     workspace: float
 
 
-def stack_bytes(layer: float, layers: int, hidden: int, config: RunConfig, layout: Layout) -> StackBytes:
+def stack_bytes(layer: float, layers: int, checkpoint: float, config: RunConfig) -> StackBytes:
+    """``layers`` layers of ``layer`` bytes per token; ``checkpoint``: the bytes per token of the input a
+    recomputed group keeps."""
     p = config.parallel
     if p.recompute_granularity != "full":
         return StackBytes(layers * layer, 0.0)  # selective: see "No a·s² term"
     if p.recompute_method is None or p.recompute_num_layers is None:
         raise ValueError("--recompute-granularity full needs --recompute-method (uniform or block) and "
                          "--recompute-num-layers, as megatron-core does")
-    checkpoint = 2 * hidden / layout.replicated()
     n = min(p.recompute_num_layers, layers)
     if p.recompute_method == "uniform":
         return StackBytes(math.ceil(layers / n) * checkpoint, n * layer)
@@ -273,14 +294,15 @@ def stage_activation_bytes(config: RunConfig, model_config: ModelConfig, layout:
     tokens = config.batch.micro_batch_slots / layout.context
     held, first_held = in_flight(layout, stage)
     layers = lang.num_layers // (layout.pipeline * layout.chunks)
-    language = stack_bytes(language_layer_bytes(lang, layout), layers, lang.hidden_size, config, layout)
+    layer = language_layer_bytes(lang, layout) + gathered_kv_bytes(lang, layout, config.model.transformer_impl)
+    language = stack_bytes(layer, layers, 2 * lang.hidden_size / layout.replicated(), config)
     out = {"language": held * language.kept * tokens * scale, "vision": 0.0, "projector": 0.0, "logits": 0.0}
     workspace = language.workspace * tokens * scale
     one = layout.chunks * language.kept * tokens * scale
-    images = images_per_micro_batch(config, model_config)
+    images = math.ceil(images_per_micro_batch(config, model_config) / layout.context)  # this CP rank's share
     passes = passes_per_part(frozen_parts(config.model))
     if stage == 0 and passes["vision"] > 1:
-        vision = stack_bytes(vision_layer_bytes(vis, layout), vis.num_layers, vis.hidden_size, config, layout)
+        vision = stack_bytes(vision_layer_bytes(vis, layout), vis.num_layers, 2 * vis.hidden_size, config)
         patches = images * vis.num_patches
         out["vision"] = first_held * vision.kept * patches * scale
         one += vision.kept * patches * scale
@@ -304,9 +326,10 @@ def stage_activation_bytes(config: RunConfig, model_config: ModelConfig, layout:
 # ---- the plan ---------------------------------------------------------------------------------
 
 def plan_memory(config: RunConfig, model_config: ModelConfig, world_size: int | None = None,
-                gpu_memory_gb: float = Mode.gpu_memory_gb, sequence_parallel: bool = False) -> dict:
-    """The dry run's ``memory`` object: the stage with the largest total, in GB (10⁹ bytes)."""
-    layout = Layout.of(config, world_size, sequence_parallel)
+                gpu_memory_gb: float = Mode.gpu_memory_gb) -> dict:
+    """The dry run's ``memory`` object: the stage with the largest total, in GB (10⁹ bytes), for the
+    layout ``config.parallel`` sets (sequence parallelism included) over ``world_size`` GPUs."""
+    layout = Layout.of(config, world_size)
     stages = []
     for stage in range(layout.pipeline):
         state = state_bytes(stage_params(model_config, layout, stage), config, layout.data)
@@ -350,10 +373,17 @@ def _assumptions(config: RunConfig, model_config: ModelConfig, layout: Layout) -
     if frozen:
         notes.append(f"frozen {', '.join(frozen)}: weights only, no gradients or optimizer state")
     if layout.sequence_parallel:
-        notes.append("sequence parallelism: planned only, the trainer does not implement it yet")
+        notes.append("sequence parallelism: the decoder's norm and residual activations split over TP; "
+                     "the vision tower and the projector keep theirs whole")
     if config.parallel.use_distributed_optimizer:
         notes.append("distributed optimizer: DDP bucket padding not counted (< 64 elements per tensor + "
                      "lcm(dp, 128) per bucket)")
     if layout.context > 1:
-        notes.append("context parallelism splits the decoder's tokens; the vision tower sees whole images")
+        images = images_per_micro_batch(config, model_config)
+        notes.append(f"context parallelism splits the decoder's tokens over {layout.context} ranks; each runs "
+                     f"the vision tower and the projector on {math.ceil(images / layout.context)} of the "
+                     f"{images} images of a micro-batch")
+        if config.model.transformer_impl == "local":
+            notes.append("local layers under context parallelism keep the K and V they all-gather from the "
+                         "other CP ranks (Transformer Engine's ring attention does not)")
     return notes

@@ -26,6 +26,8 @@ FAKE_SCONTROL = """#!/usr/bin/env bash
 printf 'scontrol %s\\n' "$*" >> "$FAKE_SLURM_LOG"
 [[ "$1" == requeue ]] || { echo "fake scontrol: unsupported: $*" >&2; exit 1; }
 """
+# The launcher's parallelism variables (launch/common.sh: train_flags); the tests set them explicitly.
+PARALLEL_VARIABLES = ("TP", "PP", "CP", "SP", "DIST_OPT")
 # Flags that make a tiny-preset stage a seconds-long CPU run.
 CPU_FLAGS = ["--mock-data", "--seq-length", "128", "--global-batch-size", "2", "--log-interval", "1"]
 
@@ -51,7 +53,7 @@ class LaunchSite:
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("SLURM_", "PET_", "TORCHELASTIC_")) and k not in
                 ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRESET", "CONFIG",
-                 "NODES", "GPUS_PER_NODE", "TP", "PP", "EXTRA_ARGS", "CONTAINER_IMAGE", "TOKENIZER",
+                 "NODES", "GPUS_PER_NODE", *PARALLEL_VARIABLES, "EXTRA_ARGS", "CONTAINER_IMAGE", "TOKENIZER",
                  "PRETRAINED_CHECKPOINT", "RDZV_HOST")}
         env = {**base, "PATH": f"{self.fake_bin}:{Path(sys.executable).parent}:{base.get('PATH', '')}",
                "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",

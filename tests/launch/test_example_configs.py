@@ -2,19 +2,26 @@
 stages follow the recipe: pretrain aligns a projector between frozen encoders on few image
 tokens, stage1-3 fine-tune from the previous stage's weights, stage3 blends medical, shifted
 and replayed general data. Their inputs sit under ${DATA_ROOT} and ${CKPT_ROOT}, whose defaults
-are the layout of docs/launch.md; the outputs are the launcher's to set."""
+are the layout of docs/launch.md; the outputs are the launcher's to set. Each fits an 80 GB GPU
+in the dry run's memory plan on the nodes its stage script asks for."""
 
+import contextlib
+import io
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from megatron_infimed.cli.train import main
 from megatron_infimed.config.flags import flat_name, load_config
 from megatron_infimed.config.presets import get_preset
 from megatron_infimed.config.run import SECTIONS, RunConfig
 from megatron_infimed.model.token_reduction import tokens_per_image
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
 PRESETS = ("tiny", "infimed-1.7b", "infimed-4b")
 STAGES = ("pretrain", "stage1", "stage2", "stage3")
 BIG = ("infimed-1.7b", "infimed-4b")
@@ -29,6 +36,20 @@ def path_of(preset: str, stage: str) -> Path:
 def load(preset: str, stage: str) -> RunConfig:
     config, _ = load_config(["--config", str(path_of(preset, stage))])
     return config
+
+
+def sbatch_nodes(stage: str) -> int:
+    """The nodes launch/STAGE.sh asks sbatch for."""
+    header = (REPO / "launch" / f"{stage}.sh").read_text()
+    return int(re.search(r"^#SBATCH --nodes=(\d+)$", header, re.MULTILINE).group(1))
+
+
+def dry_run_memory(preset: str, stage: str, world_size: int) -> dict:
+    """``infimed-train --config ... --dry-run --world-size N``'s memory plan (80 GB GPUs, the default)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--config", str(path_of(preset, stage)), "--dry-run", "--world-size", str(world_size)]) == 0
+    return json.loads(out.getvalue())["memory"]
 
 
 @pytest.fixture(autouse=True)
@@ -177,6 +198,34 @@ def test_precision_is_bf16_on_gpu_presets_and_fp32_for_tiny(preset, stage):
 def test_tensor_parallel_size_per_preset(preset, tp):
     assert {load(preset, s).parallel.tensor_model_parallel_size for s in STAGES} == {tp}
     assert {load(preset, s).parallel.pipeline_model_parallel_size for s in STAGES} == {1}
+    assert {load(preset, s).parallel.context_parallel_size for s in STAGES} == {1}
+
+
+@pytest.mark.parametrize("preset,sequence_parallel", [("tiny", False), ("infimed-1.7b", False), ("infimed-4b", True)])
+def test_the_tensor_parallel_preset_also_splits_the_sequence(preset, sequence_parallel):
+    # TP2 + SP: the decoder's norm and residual activations split over the TP pair as well.
+    assert {load(preset, s).parallel.sequence_parallel for s in STAGES} == {sequence_parallel}
+
+
+@pytest.mark.parametrize("preset,distributed", [("tiny", False), ("infimed-1.7b", True), ("infimed-4b", True)])
+def test_gpu_presets_shard_the_optimizer_state_over_data_parallel_ranks(preset, distributed):
+    # tiny runs one CPU process: nothing to shard over.
+    assert {load(preset, s).parallel.use_distributed_optimizer for s in STAGES} == {distributed}
+
+
+@pytest.mark.parametrize("preset,stage,nodes", [(p, s, n) for p in BIG for s in STAGES
+                                               for n in sorted({1, sbatch_nodes(s)})])
+def test_every_gpu_config_fits_80_gb_on_one_node_and_on_its_stage_scripts_nodes(preset, stage, nodes):
+    # One node is the tightest: the distributed optimizer shards over the fewest ranks there.
+    memory = dry_run_memory(preset, stage, nodes * GPUS_PER_NODE)
+    assert memory["gpu_memory_gb"] == 80 and memory["layout"]["world_size"] == nodes * GPUS_PER_NODE
+    assert memory["fits"], f"{preset}/{stage} plans {memory['total_gb']} GB per GPU on {nodes} node(s)"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_tiny_configs_fit_in_one_process(stage):
+    memory = dry_run_memory("tiny", stage, 1)
+    assert memory["fits"] and memory["total_gb"] < 1
 
 
 @pytest.mark.parametrize("preset,stage", [(p, s) for p in BIG for s in STAGES])

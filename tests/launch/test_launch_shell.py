@@ -2,12 +2,13 @@
 call they build, the launcher's own refusals, and the trainer's refusal of a missing previous
 stage reaching the user through torchrun."""
 
+import json
 import re
 import shutil
 import subprocess
 
 import pytest
-from launch_site import LAUNCH, REPO
+from launch_site import LAUNCH, PARALLEL_VARIABLES, REPO
 
 STAGE_SCRIPTS = ["pretrain.sh", "stage1.sh", "stage2.sh", "stage3.sh"]
 SHELL_SCRIPTS = ["common.sh", "node.sh", *STAGE_SCRIPTS]
@@ -106,6 +107,49 @@ def test_parallel_sizes_extra_args_and_script_arguments_reach_the_trainer_in_ord
     assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2" in call
     # Script arguments come last, so they win over EXTRA_ARGS.
     assert call.endswith("--lr 1.0e-4 --seed 7 --seed 9")
+
+
+@pytest.mark.parametrize("variable,value,flags", [
+    ("TP", "2", "--tensor-model-parallel-size 2"),
+    ("PP", "2", "--pipeline-model-parallel-size 2"),
+    ("CP", "2", "--context-parallel-size 2"),
+    ("SP", "1", "--sequence-parallel"),
+    ("SP", "0", "--no-sequence-parallel"),  # turns off a config's sequence_parallel: true (TP=1 on infimed-4b)
+    ("DIST_OPT", "1", "--use-distributed-optimizer"),
+    ("DIST_OPT", "0", "--no-use-distributed-optimizer"),
+])
+def test_each_parallelism_variable_adds_exactly_its_trainer_flag(site, variable, value, flags):
+    call = srun_call(site, "pretrain", **{variable: value})
+    assert call.endswith(f"--run-dir {site.run_root}/pretrain {flags}")
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_unset_or_empty_parallelism_variables_leave_the_config_in_charge(site, value):
+    env = {} if value is None else dict.fromkeys(PARALLEL_VARIABLES, value)
+    call = srun_call(site, "pretrain", **env)
+    assert call.endswith(f"--run-dir {site.run_root}/pretrain")
+
+
+@pytest.mark.parametrize("variable,flag", [("SP", "sequence-parallel"), ("DIST_OPT", "use-distributed-optimizer")])
+def test_a_switch_other_than_0_or_1_is_refused_by_name(site, variable, flag):
+    result = site.run("pretrain", slurm=True, FAKE_SRUN_DRY="1", **{variable: "yes"})
+    assert result.returncode == 2
+    assert f"launch[pretrain]: error: {variable}=yes: set it to 1 (--{flag}) or 0 (--no-{flag})" in result.stderr
+    assert site.slurm_calls() == []
+
+
+def test_parallelism_variables_reach_the_trainer_which_plans_that_layout(site):
+    # A dry run through node.sh and torchrun: the trainer itself parses the flags the variables add.
+    result = site.run("pretrain", "--dry-run", slurm=False, TP="2", CP="2", SP="1", DIST_OPT="1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun_line = next(ln for ln in result.stdout.splitlines() if "-m megatron_infimed.cli.train" in ln)
+    assert torchrun_line.rstrip().endswith("--tensor-model-parallel-size 2 --context-parallel-size 2 "
+                                           "--sequence-parallel --use-distributed-optimizer --dry-run")
+    report = json.loads(next(ln for ln in result.stdout.splitlines() if ln.startswith("{")))
+    layout = report["memory"]["layout"]
+    assert (layout["tp"], layout["cp"], layout["sequence_parallel"], layout["distributed_optimizer"]) == \
+        (2, 2, True, True)
+    assert report["effective"]["pad_multiple"] == 4  # 2 × CP
 
 
 def test_nodes_and_srun_args_shape_the_srun_call(site):

@@ -36,6 +36,16 @@ def test_real_boundaries_leave_out_the_padding_inside_each_segment_but_keep_padd
     assert real_bounds(bounds, padding) == [0, 5, 14, 18]
 
 
+def test_packed_params_under_context_parallelism_carry_real_and_padded_boundaries_as_te_expects():
+    from megatron_infimed.model.infimed import packed_seq_params
+
+    params = packed_seq_params(torch.tensor([0, 8, 20]), 12, torch.tensor([0, 5, 14]))
+    assert params.cu_seqlens_q.tolist() == params.cu_seqlens_kv.tolist() == [0, 5, 14]
+    assert params.cu_seqlens_q_padded.tolist() == params.cu_seqlens_kv_padded.tolist() == [0, 8, 20]
+    assert params.cu_seqlens_q.dtype == params.cu_seqlens_q_padded.dtype == torch.int32
+    assert packed_seq_params(torch.tensor([0, 8]), 8).cu_seqlens_q_padded is None
+
+
 def _two_ranks(rank: int, store: str) -> None:
     from megatron_infimed.runtime import cpu_backend
 
@@ -46,6 +56,7 @@ def _two_ranks(rank: int, store: str) -> None:
     try:
         _check_attention(rank)
         _check_shared_images(rank)
+        _check_images_are_divided(rank)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -90,6 +101,21 @@ def _check_shared_images(rank: int) -> None:
     reference = weight.clone().requires_grad_()
     ((images @ reference).view(-1, 3) * use.sum(0)).sum().backward()
     torch.testing.assert_close(grad, reference.grad)
+
+
+def _check_images_are_divided(rank: int) -> None:
+    """Three images on two ranks: rank 0 encodes two, rank 1 one, and both get all three."""
+    shard = ContextShard.of([0, 4], torch.distributed.group.WORLD, torch.device("cpu"))
+    images = torch.arange(3.0).view(3, 1)
+    encoded = []
+
+    def encode(part):
+        encoded.append(part.shape[0])
+        return part.repeat(1, 2).view(-1, 1) + 10  # 2 rows of width 1 per image
+
+    gathered = shard.gather_images(images, encode, rows=2, width=1, dtype=torch.float32, trainable=False)
+    assert encoded == [[2], [1]][rank]
+    assert gathered.view(-1).tolist() == [10.0, 10.0, 11.0, 11.0, 12.0, 12.0]
 
 
 def test_split_attention_and_shared_image_encoding_equal_the_unsplit_results_on_two_ranks():

@@ -4,6 +4,7 @@ documented formulas (Korthikanti et al. 2022, adapted)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from trainrun import free_port
 
 from megatron_infimed.cli.train import main
-from megatron_infimed.config.flags import with_options
+from megatron_infimed.config.flags import load_config, with_options
 from megatron_infimed.config.presets import PRESETS, get_preset
 from megatron_infimed.config.run import RunConfig
 from megatron_infimed.model.infimed import InfiMedModel
@@ -21,13 +22,17 @@ from megatron_infimed.training.dry_run import count
 from megatron_infimed.training.memory import (
     GB,
     Layout,
+    images_per_micro_batch,
     in_flight,
     language_layer_bytes,
     plan_memory,
     stage_activation_bytes,
     stage_params,
+    vision_layer_bytes,
 )
 from megatron_infimed.training.setup import build_model_chunks, build_optimizer, freeze, model_config_for, wrap_ddp
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def config_with(**flat) -> RunConfig:
@@ -73,12 +78,7 @@ def test_weight_grad_and_optimizer_bytes_equal_what_the_builders_allocate(mcore_
 
 def test_the_distributed_optimizer_shards_main_weights_and_moments_and_pads_only_its_buffers(mcore_world):
     config = config_with(bf16=True, use_distributed_optimizer=True)
-    try:
-        model, optimizer = build_and_step(config)
-    except ValueError as error:
-        if "needs CUDA" in str(error):
-            pytest.skip("this trainer's --use-distributed-optimizer runs on CUDA only")
-        raise
+    model, optimizer = build_and_step(config)
     planned, allocated = plan_memory(config, model_config_for(config))["bytes"], allocated_bytes(model, optimizer)
     assert planned["weights"] == allocated["weights"]
     assert planned["optimizer"] == allocated["optimizer"]  # the padding holds no main weights or moments
@@ -185,10 +185,33 @@ def test_a_decoder_layer_keeps_8h_whole_and_6q_6kv_6f_split_and_sp_splits_it_all
     h, q, kv, f = 2048, 16 * 128, 8 * 128, 6144
     tp1 = Layout.of(config_with(preset="infimed-1.7b"))
     tp2 = Layout.of(config_with(preset="infimed-1.7b", tensor_model_parallel_size=2))
-    sp2 = Layout.of(config_with(preset="infimed-1.7b", tensor_model_parallel_size=2), sequence_parallel=True)
+    sp2 = Layout.of(config_with(preset="infimed-1.7b", tensor_model_parallel_size=2, sequence_parallel=True))
+    assert not tp2.sequence_parallel and sp2.sequence_parallel  # the config's --sequence-parallel, nothing else
     assert language_layer_bytes(lang, tp1) == 8 * h + 6 * q + 6 * kv + 6 * f
     assert language_layer_bytes(lang, tp2) == 8 * h + (6 * q + 6 * kv + 6 * f) / 2
     assert language_layer_bytes(lang, sp2) == language_layer_bytes(lang, tp1) / 2
+
+
+def test_sequence_parallelism_splits_the_decoder_and_final_norm_but_not_the_vision_tower():
+    # The trainer scatters the decoder's input after the image embeddings are written into it:
+    # the ViT runs without sequence parallelism.
+    model, base = get_preset("infimed-1.7b"), dict(preset="infimed-1.7b", bf16=True, tensor_model_parallel_size=2)
+    tp2, sp2 = config_with(**base), config_with(**base, sequence_parallel=True)
+    a, b = (stage_activation_bytes(c, model, Layout.of(c), 0) for c in (tp2, sp2))
+    assert vision_layer_bytes(model.vision, Layout.of(sp2)) == vision_layer_bytes(model.vision, Layout.of(tp2))
+    assert b["vision"] == a["vision"] > 0 and b["projector"] == a["projector"] > 0
+    h, slots = model.language.hidden_size, tp2.batch.micro_batch_slots
+    assert a["language"] - b["language"] == model.language.num_layers * slots * 8 * h / 2
+    assert a["logits"] - b["logits"] == slots * 4 * h / 2  # the final norm's input and output
+
+
+def test_the_plan_reads_sequence_parallelism_from_the_config_alone():
+    config = config_with(preset="infimed-4b", bf16=True, tensor_model_parallel_size=2, sequence_parallel=True)
+    plan = plan_memory(config, get_preset("infimed-4b"), world_size=8)
+    assert plan["layout"]["sequence_parallel"] is True
+    assert any(note.startswith("sequence parallelism:") for note in plan["assumptions"])
+    with pytest.raises(TypeError):
+        plan_memory(config, get_preset("infimed-4b"), 8, 80, True)  # no second switch to disagree with it
 
 
 def test_full_recomputation_keeps_each_layer_input_and_one_layer_to_recompute():
@@ -210,13 +233,37 @@ def test_selective_recomputation_saves_nothing_with_flash_style_attention():
         stage_activation_bytes(base, model, Layout.of(base), 0)
 
 
-def test_context_parallelism_divides_the_decoder_tokens_but_not_the_images():
+def test_context_parallelism_divides_the_decoder_tokens_and_the_images():
     model = get_preset("infimed-1.7b")
-    one = config_with(preset="infimed-1.7b", bf16=True, seq_length=8192)
-    two = config_with(preset="infimed-1.7b", bf16=True, seq_length=8192, context_parallel_size=2)
+    one = config_with(preset="infimed-1.7b", bf16=True, seq_length=8192, transformer_impl="te")
+    two = config_with(preset="infimed-1.7b", bf16=True, seq_length=8192, transformer_impl="te", context_parallel_size=2)
     a, b = (stage_activation_bytes(c, model, Layout.of(c), 0) for c in (one, two))
     assert b["language"] == a["language"] / 2 and b["logits"] == a["logits"] / 2
+    # Each CP rank runs the vision tower and the projector on its share of the images.
+    assert images_per_micro_batch(one, model) % 2 == 0
+    assert b["vision"] == a["vision"] / 2 and b["projector"] == a["projector"] / 2
+
+
+def test_local_layers_under_context_parallelism_also_keep_the_gathered_k_and_v():
+    model, base = get_preset("infimed-1.7b"), dict(preset="infimed-1.7b", bf16=True, seq_length=8192,
+                                                   tensor_model_parallel_size=2, context_parallel_size=4)
+    te, local = config_with(**base, transformer_impl="te"), config_with(**base, transformer_impl="local")
+    a, b = (stage_activation_bytes(c, model, Layout.of(c), 0) for c in (te, local))
+    lang = model.language
+    kv = lang.num_query_groups * lang.kv_channels
+    # The other three ranks' 8192 × 3/4 tokens of K and V, bf16, split by TP, in every layer.
+    assert b["language"] - a["language"] == lang.num_layers * 8192 * 3 / 4 * 4 * kv / 2
     assert b["vision"] == a["vision"]
+
+
+def test_a_cp_rank_plans_its_share_of_the_images_rounded_up():
+    model = get_preset("infimed-1.7b")
+    one = config_with(preset="infimed-1.7b", bf16=True, seq_length=8190)
+    three = config_with(preset="infimed-1.7b", bf16=True, seq_length=8190, context_parallel_size=3)
+    images = images_per_micro_batch(one, model)
+    assert images % 3  # a share that is not whole
+    a, b = (stage_activation_bytes(c, model, Layout.of(c), 0) for c in (one, three))
+    assert b["vision"] == pytest.approx(a["vision"] / images * -(-images // 3))
 
 
 def test_the_distributed_optimizer_divides_optimizer_state_by_the_data_parallel_size():
@@ -248,6 +295,16 @@ def test_dry_run_prints_the_memory_plan_for_the_given_world_size(capsys, mcore_w
                                                + memory["activations_gb"], abs=0.004)
 
 
+@pytest.mark.parametrize("flags, multiple", [([], 1), (["--sequence-parallel"], 2),
+                                            (["--context-parallel-size", "3"], 6)])
+def test_dry_run_reports_the_config_sequence_parallelism_and_its_pack_alignment(capsys, mcore_world, flags, multiple):
+    assert main(["--dry-run", "--preset", "tiny", "--tensor-model-parallel-size", "2", "--seq-length", "510",
+                 *flags]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["effective"]["pad_multiple"] == multiple  # tp under SP, 2·cp under CP: what the loader pads to
+    assert report["memory"]["layout"]["sequence_parallel"] is ("--sequence-parallel" in flags)
+
+
 def test_a_world_size_that_tp_pp_cp_do_not_divide_is_refused_by_name(capsys):
     assert main(["--dry-run", "--tensor-model-parallel-size", "4", "--world-size", "6"]) == 2
     assert "--world-size 6 is not a multiple of TP×PP×CP = 4×1×1 = 4" in capsys.readouterr().err
@@ -265,3 +322,46 @@ def test_memory_flags_apply_only_to_a_dry_run(capsys):
 def test_a_world_size_or_gpu_memory_that_is_not_positive_is_refused(capsys, argv, message):
     assert main(["--dry-run", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+# docs/launch.md's stage2 table: each row is the stage2 config with this layout, plain and distributed optimizer.
+DOC_LAYOUTS = {
+    "TP1": ["--tensor-model-parallel-size", "1", "--no-sequence-parallel"],
+    "TP2": ["--tensor-model-parallel-size", "2", "--no-sequence-parallel"],
+    "TP2 + SP": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+    "PP2": ["--tensor-model-parallel-size", "1", "--no-sequence-parallel", "--pipeline-model-parallel-size", "2"],
+}
+DOC_PRESETS = ("infimed-1.7b", "infimed-4b")
+
+
+def doc_table_rows() -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in (REPO / "docs" / "launch.md").read_text().splitlines()
+            if re.match(r"\| infimed-[\w.]+ \| (TP|PP)", line)]
+    assert sorted((r[0], r[1]) for r in rows) == sorted((p, layout) for p in DOC_PRESETS for layout in DOC_LAYOUTS)
+    return rows
+
+
+def numbers(text: str) -> list[float]:
+    return [float(n) for n in re.findall(r"\d+(?:\.\d+)?", text)]
+
+
+@pytest.mark.parametrize("row", doc_table_rows(), ids=lambda row: f"{row[0]}-{row[1]}")
+def test_the_docs_stage2_table_is_what_the_planner_says(row, monkeypatch):
+    monkeypatch.delenv("CKPT_ROOT", raising=False)
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    preset, layout, *cells = row
+    plans = []
+    for optimizer_flag in ("--no-use-distributed-optimizer", "--use-distributed-optimizer"):
+        config, _ = load_config(["--config", str(REPO / "examples" / preset / "stage2.yaml"), *DOC_LAYOUTS[layout],
+                                 optimizer_flag])
+        plans.append(plan_memory(config, model_config_for(config), world_size=8))
+    plain, sharded = plans
+    parts = plain["activations_by_part_gb"]
+    expected = [[plain["layout"]["dp"]], [plain["weights_gb"]], [plain["grads_gb"]],
+                [plain["optimizer_gb"], sharded["optimizer_gb"]],
+                [parts["language"], parts["vision"], parts["logits"], plain["activations_gb"]],
+                [plain["total_gb"]], [sharded["total_gb"]]]
+    assert [numbers(cell) for cell in cells] == [[round(x, 1) for x in values] for values in expected]
+    verdicts = [cell.endswith("does not fit") for cell in cells[-2:]]
+    assert verdicts == [not plain["fits"], not sharded["fits"]]
