@@ -21,6 +21,7 @@ pickled ``.metadata`` with an allowlist before megatron-core does.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import threading
@@ -44,8 +45,11 @@ from megatron_infimed.checkpoint.layout import (
 from megatron_infimed.checkpoint.metadata import read_metadata
 from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
 from megatron_infimed.config.presets import ModelConfig
+from megatron_infimed.data.reshard import reshard_loader_states
 from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.runtime import distributed
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteModel(ValueError):
@@ -134,7 +138,8 @@ def save(root: str, run, async_queue=None) -> Path:
                                       async_sharded_save=async_queue is not None)
     (directory / "rng").mkdir(exist_ok=True)
     torch.save({"layout": _layout(), **_rng_state()}, directory / "rng" / f"rank{rank}.pt")
-    if parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.is_pipeline_first_stage():
+    if (parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_context_parallel_rank() == 0
+            and parallel_state.is_pipeline_first_stage()):  # the reader of each data-parallel rank
         (directory / "loader").mkdir(exist_ok=True)
         dp_rank = parallel_state.get_data_parallel_rank()
         torch.save(run.feed.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
@@ -267,7 +272,7 @@ def load(root: str, run) -> int:
     run.load_sharded_state_dict(dist_checkpointing.load(without_missing_extra_state(request, stored),
                                                         str(directory)))
     saved_layout = json.loads((directory / "layout.json").read_text())
-    _load_loader_state(directory, run.feed, saved_layout, reset_data)
+    _load_loader_state(directory, run.feed, saved_layout, run.config.data)
     _load_rng(directory, saved_layout)
     return run.iteration
 
@@ -283,16 +288,29 @@ def _check_image_tokens(directory: Path, model_config) -> None:
                          f"--reset-data-state to restart the data streams with the new one")
 
 
-def _load_loader_state(directory: Path, data_source, saved_layout: dict, reset: bool) -> None:
+def _load_loader_state(directory: Path, feed, saved_layout: dict, data) -> None:
+    """Restore the reading ranks' data source (``data``: the run's ``DataConfig``). At the saved
+    data-parallel size and worker count each rank loads its own state; otherwise every new rank
+    reshards all saved ranks' states (``data/reshard.py``), and mock data converts its count."""
+    if feed.source is None:
+        return  # not its replica's reader: no source to restore
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    if saved_layout["dp"] != dp and not reset:
-        raise ValueError(f"checkpoint {directory} was saved with data-parallel size {saved_layout['dp']} and "
-                         f"this run has {dp}: the loader cannot resume on exactly the next sample. Keep the "
-                         f"data-parallel size, or pass --reset-data-state to restart the data streams")
-    # After a reset the source only reads where the saved streams had got to (their epoch).
-    saved_rank = min(dp_rank, saved_layout["dp"] - 1)
-    state = torch.load(directory / "loader" / f"dp{saved_rank}.pt", weights_only=True)
-    data_source.load_state_dict(state)
+    saved_dp = saved_layout["dp"]
+    folder = directory / "loader"
+
+    def saved(rank: int) -> dict:
+        return torch.load(folder / f"dp{rank}.pt", weights_only=True)
+
+    # With --reset-data-state the source only reads where the saved streams had got to (their epoch).
+    state = saved(min(dp_rank, saved_dp - 1))
+    same_split = saved_dp == dp and state.get("num_workers", data.num_workers) == data.num_workers
+    if not (same_split or data.reset_data_state or state.get("kind") == "mock"):
+        states = (state if rank == dp_rank else saved(rank) for rank in range(saved_dp))
+        state = reshard_loader_states(states, dp_rank, dp, data.num_workers)
+        if dp_rank == 0:
+            log.info("loader state resharded from data-parallel size %d to %d (%d workers per rank)", saved_dp, dp,
+                     data.num_workers)
+    feed.load_state_dict(state)
 
 
 def _load_rng(directory: Path, saved_layout: dict) -> None:

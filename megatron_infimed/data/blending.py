@@ -5,6 +5,9 @@ count lags its share the most, ``argmax_d(w_d * (n + 1) - count_d)``. After ``n`
 dataset holds its share to within one sample, and the counts are the whole blending state (no
 RNG state to carry). A dataset whose epochs run out (``num_epochs``) leaves the blend.
 
+A worker's state is, per dataset, the stream's ``(epoch, position)`` and the ranges it still owes
+(``streaming.OwedRange``, from a reshard), plus the blend counts and which datasets are done.
+
 Each good sample leaves the worker as a ``StreamItem`` carrying the worker's state *after* it and
 the bad inputs met since the previous item. The main process keeps the state of the last item it
 consumed, so a resume starts each worker exactly after that item, and prefetched items that were
@@ -82,8 +85,9 @@ class StreamSpec:
         counts = [0] * len(streams)
         done = [False] * len(streams)
         if start is not None:
-            for stream, position in zip(streams, start["datasets"]):
-                stream.restore(position)
+            owed = start.get("owed") or [()] * len(streams)  # absent from states saved before resharding
+            for stream, position, ranges in zip(streams, start["datasets"], owed):
+                stream.restore(position, ranges)
             counts, done = list(start["counts"]), list(start["done"])
         iterators = [iter(s) for s in streams]
         total = sum(self.weights)
@@ -91,7 +95,8 @@ class StreamSpec:
         spell = DrySpell(streams, weights)
 
         def state() -> dict:
-            return {"datasets": [s.state() for s in streams], "counts": list(counts), "done": list(done)}
+            return {"datasets": [s.state() for s in streams], "counts": list(counts), "done": list(done),
+                    "owed": [s.owed_state() for s in streams]}
 
         errors: list[ErrorRecord] = []
         drops: list[ErrorRecord] = []

@@ -17,10 +17,13 @@ shard keeps training. Once no worker of the rank is left producing, ``next`` rai
 
 State = each worker's stream state after the last sample taken from it, the round-robin cursor,
 which workers stopped and why, the packer's held samples (as raw shard bytes, re-decoded on
-restore) and the counters. It is tied to ``dp_size`` and ``num_workers`` (they define the split);
-loading it elsewhere raises unless ``reset=True``, which restarts every stream at the start of
-the furthest saved epoch. A stopped worker stays stopped on resume, so the packs continue exactly;
-``reset=True`` reads its stream again (after the data is repaired).
+restore), the samples carried over from a reshard and the counters. It is tied to ``dp_size`` and
+``num_workers`` (they define the split): a run resumed at another size reshards every saved rank's
+state into one for each new rank (``reshard.reshard_loader_states``; the checkpoint loader does it),
+which stays exactly once. Loading one rank's state elsewhere raises, unless ``reset=True``, which
+restarts every stream at the start of the furthest saved epoch. A stopped worker stays stopped on
+resume, so the packs continue exactly; ``reset=True`` reads its stream again (after the data is
+repaired).
 
 Tensor-parallel ranks share one reader and only the first and last pipeline stages need data:
 the trainer builds this per data-parallel rank and broadcasts.
@@ -28,6 +31,7 @@ the trainer builds this per data-parallel rank and broadcasts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -49,7 +53,9 @@ from megatron_infimed.data.tokenizer import Tokenizer
 from megatron_infimed.model.token_reduction import tokens_per_image
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+# 2: worker states carry owed ranges, the state its shuffle window and the carried samples. A
+# version-1 state still loads at its own layout; it cannot be resharded (no shuffle window).
+STATE_VERSION = 2
 DRY_WARNING_S = 60.0  # waiting this long for a usable sample is logged, with what was skipped meanwhile
 
 
@@ -88,6 +94,7 @@ class TrainLoader:
         self._barren: list[str | None] = [None] * workers  # why a worker stopped early
         self._cursor = 0
         self._ready: deque[list[Sample]] = deque()
+        self._carry: deque[Sample] = deque()  # held by the saved ranks of a resharded state: packed first
         self._finished = False
         self._source: Iterator[list[StreamItem]] | None = None  # groups from worker processes
         self._generators: list[Iterator[StreamItem]] = []
@@ -115,7 +122,10 @@ class TrainLoader:
         return self._inbox[worker].popleft()
 
     def _next_sample(self) -> Sample | None:
-        """The next sample in worker round-robin order; None once every worker has ended."""
+        """The next sample: a carried one, else in worker round-robin order; None once every worker
+        has ended."""
+        if self._carry:
+            return self._carry.popleft()  # counted by the rank that read it
         if self._source is None and not self._generators:
             self._start()
         waiting_since = last_warning = time.monotonic()
@@ -225,17 +235,22 @@ class TrainLoader:
 
         return {
             "version": STATE_VERSION, "dp_rank": self.spec.dp_rank, **self._identity(),
+            "shuffle_buffer": self.spec.shuffle_buffer,  # the windows the stream positions count in
             "worker_states": [st if st is not None else start for st, start in zip(self._states, self._starts)],
             "ended": list(self._ended), "barren": list(self._barren), "cursor": self._cursor,
             "finished": self._finished,
             "packer": self.packer.state_dict(encode),
             "ready": [[encode(s) for s in pack] for pack in self._ready],
+            "carry": [encode(s) for s in self._carry],
             "counters": dict(self.counters), "errors": dict(self.errors.counts), "dropped": dict(self.dropped),
         }
 
     def load_state_dict(self, state: dict, reset: bool = False) -> None:
         if self._source is not None or self._generators:
             raise RuntimeError("load_state_dict must be called before the first next() of a loader")
+        if state.get("version", 1) > STATE_VERSION:
+            raise ValueError(f"loader state version {state['version']} is newer than this code's "
+                             f"({STATE_VERSION}); resume with the version that saved it")
         saved, mine = {k: state.get(k) for k in self._identity()}, self._identity()
         saved["datasets"] = [list(d) for d in saved["datasets"] or []]
         if saved != mine or state.get("dp_rank") != self.spec.dp_rank:
@@ -243,8 +258,7 @@ class TrainLoader:
                 diff = {k: (saved[k], mine[k]) for k in mine if saved[k] != mine[k]}
                 raise ValueError(f"loader state does not match this loader (saved vs now: {diff}, dp_rank "
                                  f"{state.get('dp_rank')} vs {self.spec.dp_rank}); the data split would change. "
-                                 f"Keep the data settings to resume, or restart the streams from the furthest "
-                                 f"saved epoch (--reset-data-state in infimed-train; reset=True here)")
+                                 f"{_MISMATCH_HINT}")
             epoch = max((e for ws in state["worker_states"] if ws for e, _ in ws["datasets"]), default=0)
             n = len(self.spec.indexes)
             self._starts = [{"datasets": [(epoch, 0)] * n, "counts": [0] * n, "done": [False] * n}
@@ -255,8 +269,10 @@ class TrainLoader:
             self._ended, self._cursor = list(state["ended"]), state["cursor"]
             self._barren = list(state.get("barren") or self._barren)  # absent from states saved before it
             self._finished = state["finished"]
-            self.packer.load_state_dict(state["packer"], self._decode)
+            if state["packer"] is not None:  # None: a resharded state, whose held samples are carried
+                self.packer.load_state_dict(state["packer"], self._decode)
             self._ready = deque([self._decode(s) for s in pack] for pack in state["ready"])
+            self._carry = deque(self._decode(s) for s in state.get("carry", ()))
         self.counters = Counter(state["counters"])
         self.errors.counts = Counter(state["errors"])
         self.dropped = Counter(state["dropped"])
@@ -272,10 +288,17 @@ class TrainLoader:
         self._source, self._generators = None, []
 
 
+_MISMATCH_HINT = ("A changed data-parallel size or worker count is resharded from every saved rank's state "
+                  "(reshard.reshard_loader_states; infimed-train does it on resume); other changes (seed, "
+                  "datasets) cannot resume exactly: keep them, or restart the streams from the furthest saved "
+                  "epoch (--reset-data-state in infimed-train; reset=True here)")
+
+
 def build_train_loader(config: DataConfig, batch: BatchSection, model_config: ModelConfig, tokenizer: Tokenizer,
-                       dp_rank: int, dp_size: int, seed: int, context_parallel: int = 1,
-                       fp8_recipe: str | None = None) -> TrainLoader:
-    """The loader of one data-parallel rank; ``model_config.image_token_id`` must be the tokenizer's."""
+                       dp_rank: int, dp_size: int, seed: int, layout: PackLayout | None = None) -> TrainLoader:
+    """The loader of one data-parallel rank; ``model_config.image_token_id`` must be the tokenizer's.
+    ``layout``: the packs' alignment (``PackLayout.of(run_config)``); its pad id becomes the tokenizer's
+    and its loss weighting ``batch.loss_weighting``."""
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank {dp_rank} is outside 0..{dp_size - 1}")
     if model_config.image_token_id != tokenizer.image_token_id:
@@ -284,8 +307,7 @@ def build_train_loader(config: DataConfig, batch: BatchSection, model_config: Mo
     vision = model_config.vision
     if not config.paths:
         raise ValueError("data.paths is empty; give at least one prepared dataset folder")
-    layout = PackLayout(loss_weighting=batch.loss_weighting, context_parallel=context_parallel, fp8_recipe=fp8_recipe,
-                        pad_id=tokenizer.pad_id)
+    layout = dataclasses.replace(layout or PackLayout(), loss_weighting=batch.loss_weighting, pad_id=tokenizer.pad_id)
     images = ImagePreprocessor.for_vision(vision, config.image_resize, config.jpeg_draft)
     preprocessor = SamplePreprocessor(tokenizer, tokens_per_image(model_config), images)
     spec = StreamSpec(

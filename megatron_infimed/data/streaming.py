@@ -18,6 +18,12 @@ Shuffling is a seeded window shuffle: the stream's sequence is cut into windows 
 ``(seed, dataset, epoch, stream, window)``. Unlike a reservoir buffer, the position alone is the
 whole state (``(epoch, position)``), so a resume re-reads one window and continues exactly.
 
+A stream can also *owe* samples: ranges of positions of another layout's stream sequence
+(``OwedRange``), handed to it when a run resumes at another data-parallel size or worker count
+(``reshard``). It reads them, in order, before its own epochs. A range names everything its
+sequence depends on (epoch, stream, stream count, shuffle window), so it reads the same samples
+whatever the reading stream's own layout is, and its state is just the ranges left.
+
 Bad input never stops a stream: a shard that cannot be opened is retried, then each of its
 positions becomes an ``ErrorRecord``; a tar that breaks mid-way records its remaining positions;
 the stream always advances by exactly the manifest's count, so positions stay meaningful.
@@ -30,7 +36,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +106,32 @@ def stream_range(total: int, stream: int, num_streams: int) -> tuple[int, int]:
     return stream * total // num_streams, (stream + 1) * total // num_streams
 
 
+@dataclass(frozen=True)
+class OwedRange:
+    """Positions ``[lo, hi)`` of ``epoch`` in the sequence of stream ``stream`` of ``num_streams``,
+    window-shuffled with ``shuffle_buffer``: samples of a dataset that a stream of an earlier layout
+    had not read yet. Saved as a plain tuple (``astuple``)."""
+
+    epoch: int
+    stream: int
+    num_streams: int
+    shuffle_buffer: int
+    lo: int
+    hi: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    def check(self, total: int) -> OwedRange:
+        lo, hi = stream_range(total, self.stream, self.num_streams)
+        if not (0 <= self.stream < self.num_streams and 0 <= self.lo < self.hi <= hi - lo and self.epoch >= 0
+                and self.shuffle_buffer >= 0):
+            raise ValueError(f"owed range {self} does not fit a dataset of {total} samples (stream "
+                             f"{self.stream} of {self.num_streams} has {hi - lo}); was the dataset changed?")
+        return self
+
+
 def _open_with_retries(path: str, retries: int, retry_delay: float):
     for attempt in range(retries + 1):
         try:
@@ -150,6 +182,7 @@ class DatasetStream:
         self.shuffle = shuffle_buffer > 0
         self.num_epochs, self.retries, self.retry_delay = num_epochs, retries, retry_delay
         self.epoch, self.position = 0, 0
+        self.owed: list[OwedRange] = []  # read first, front to back
         self.lo, self.hi = stream_range(index.total, stream, num_streams)
 
     @property
@@ -157,10 +190,15 @@ class DatasetStream:
         return self.hi - self.lo
 
     def state(self) -> tuple[int, int]:
+        """``(epoch, position)`` in the stream's own sequence (what is owed is ``owed_state``)."""
         return self.epoch, self.position
 
-    def restore(self, state: tuple[int, int]) -> None:
+    def owed_state(self) -> list[tuple[int, ...]]:
+        return [astuple(r) for r in self.owed]
+
+    def restore(self, state: tuple[int, int], owed=()) -> None:
         self.epoch, self.position = int(state[0]), int(state[1])
+        self.owed = [OwedRange(*map(int, r)).check(self.index.total) for r in owed]
 
     def shard_order(self, epoch: int) -> list[int]:
         n = len(self.index.shards)
@@ -192,9 +230,27 @@ class DatasetStream:
             for i in range(start - base if w == first_window else 0, len(entries)):
                 yield base + i, entries[int(order[i])]
 
+    def _owed_entries(self, owed: OwedRange) -> Iterator[tuple[int, RawEntry]]:
+        """The range as the stream that owed it would have read it: same shard order, same windows."""
+        source = DatasetStream(self.index, self.dataset_id, owed.stream, owed.num_streams, seed=self.seed,
+                               shuffle_buffer=owed.shuffle_buffer, retries=self.retries, retry_delay=self.retry_delay)
+        for i, entry in source._epoch(owed.epoch, owed.lo):
+            if i >= owed.hi:
+                return
+            yield i, entry
+
     def __iter__(self) -> Iterator[RawEntry]:
-        """Entries from the current (epoch, position); the state is advanced before each yield.
-        A stream that owns no sample (more streams than samples) ends at once, endless or not."""
+        """The owed ranges, then entries from the current (epoch, position); the state is advanced
+        before each yield. A stream that owns no sample (more streams than samples) ends once it
+        owes none, endless or not."""
+        while self.owed:
+            owed = self.owed[0]
+            for i, entry in self._owed_entries(owed):  # exactly owed.size entries (see read_shard)
+                if i + 1 < owed.hi:
+                    self.owed[0] = replace(owed, lo=i + 1)
+                else:
+                    self.owed.pop(0)
+                yield entry
         while self.length and (self.num_epochs is None or self.epoch < self.num_epochs):
             for i, entry in self._epoch(self.epoch, self.position):
                 self.position = i + 1

@@ -90,12 +90,14 @@ def test_worker_processes_produce_the_same_packs_and_resume_the_same(datasets, s
     assert len(got) == len(expected) and all(same_pack(a, b) for a, b in zip(got, expected))
 
 
-def test_resume_with_a_different_dp_size_is_refused_unless_reset(datasets, sp_tokenizer, tiny_config):
+def test_one_ranks_state_at_another_dp_size_is_refused_unless_reset(datasets, sp_tokenizer, tiny_config):
+    """Resuming at another size reshards every rank's state (test_data_elastic_resume.py); one
+    rank's state alone cannot say what the others owed."""
     loader = loader_for(datasets, sp_tokenizer, tiny_config, 0, 2)
     next(loader)
     state = loader.state_dict()
     other = loader_for(datasets, sp_tokenizer, tiny_config, 0, 4)
-    with pytest.raises(ValueError, match=r"dp_size.*\(2, 4\).*reset=True"):
+    with pytest.raises(ValueError, match=r"dp_size.*\(2, 4\).*reshard_loader_states.*reset=True"):
         other.load_state_dict(state)
     other.load_state_dict(state, reset=True)
     assert next(other).num_tokens > 0 and other.stats()["data/packs"] == 2
