@@ -94,7 +94,9 @@ class TrainLoader:
         self._barren: list[str | None] = [None] * workers  # why a worker stopped early
         self._cursor = 0
         self._ready: deque[list[Sample]] = deque()
-        self._carry: deque[Sample] = deque()  # held by the saved ranks of a resharded state: packed first
+        # Held by the saved ranks of a resharded state: packed first. Kept encoded (raw shard bytes)
+        # until read: a rank of a much smaller run can inherit thousands of them.
+        self._carry: deque[dict] = deque()
         self._finished = False
         self._source: Iterator[list[StreamItem]] | None = None  # groups from worker processes
         self._generators: list[Iterator[StreamItem]] = []
@@ -125,7 +127,7 @@ class TrainLoader:
         """The next sample: a carried one, else in worker round-robin order; None once every worker
         has ended."""
         if self._carry:
-            return self._carry.popleft()  # counted by the rank that read it
+            return self._decode(self._carry.popleft())  # counted by the rank that read it
         if self._source is None and not self._generators:
             self._start()
         waiting_since = last_warning = time.monotonic()
@@ -241,7 +243,7 @@ class TrainLoader:
             "finished": self._finished,
             "packer": self.packer.state_dict(encode),
             "ready": [[encode(s) for s in pack] for pack in self._ready],
-            "carry": [encode(s) for s in self._carry],
+            "carry": list(self._carry),
             "counters": dict(self.counters), "errors": dict(self.errors.counts), "dropped": dict(self.dropped),
         }
 
@@ -272,7 +274,7 @@ class TrainLoader:
             if state["packer"] is not None:  # None: a resharded state, whose held samples are carried
                 self.packer.load_state_dict(state["packer"], self._decode)
             self._ready = deque([self._decode(s) for s in pack] for pack in state["ready"])
-            self._carry = deque(self._decode(s) for s in state.get("carry", ()))
+            self._carry = deque(state.get("carry", ()))
         self.counters = Counter(state["counters"])
         self.errors.counts = Counter(state["errors"])
         self.dropped = Counter(state["dropped"])

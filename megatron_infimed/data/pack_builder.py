@@ -40,25 +40,24 @@ FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
 
 def pad_multiple(tensor_parallel: int = 1, sequence_parallel: bool = False, context_parallel: int = 1,
                  fp8_recipe: str | None = None) -> int:
-    """What every pack length is a multiple of, from TP × SP × CP × the FP8 recipe:
+    """What every pack length T is a multiple of, from TP × SP × CP × the FP8 recipe. The splits
+    nest: CP gives each rank T/cp tokens, SP splits those over the TP ranks, and FP8 GEMMs and casts
+    then need each rank's rows aligned:
 
-    | reason                         | multiple                          |
-    |--------------------------------|-----------------------------------|
-    | context parallelism (cp > 1)   | 2·cp (each sample, load-balanced) |
-    | sequence parallelism           | tp (the sequence is split)        |
-    | FP8 GEMMs (Transformer Engine) | 16, or 32 for mxfp8               |
+    | reason                         | each rank's rows are a multiple of | so T is a multiple of |
+    |--------------------------------|------------------------------------|-----------------------|
+    | context parallelism (cp > 1)   | (every sample: 2 chunks of 2·cp)    | 2·cp, per sample      |
+    | sequence parallelism           | 1 (T/cp rows split over tp)        | cp·tp                 |
+    | FP8 GEMMs (Transformer Engine) | 16, or 32 for mxfp8                | cp·(tp under SP)·16   |
 
     ``pad_multiple(tensor_parallel=2, sequence_parallel=True, context_parallel=2, fp8_recipe="mxfp8")``
-    is lcm(4, 2, 32) = 32.
+    is lcm(2·2, 2·2·32) = 128: each of the 4 ranks holds 32 rows.
     """
     if fp8_recipe is not None and fp8_recipe not in FP8_RECIPES:
         raise ValueError(f"unknown FP8 recipe {fp8_recipe!r}; expected one of {FP8_RECIPES}")
-    multiple = 2 * context_parallel if context_parallel > 1 else 1
-    if sequence_parallel:
-        multiple = math.lcm(multiple, tensor_parallel)
-    if fp8_recipe is not None:
-        multiple = math.lcm(multiple, 32 if fp8_recipe == "mxfp8" else 16)
-    return multiple
+    rows = (32 if fp8_recipe == "mxfp8" else 16) if fp8_recipe is not None else 1
+    split = context_parallel * (tensor_parallel if sequence_parallel else 1)
+    return math.lcm(2 * context_parallel if context_parallel > 1 else 1, split * rows)
 
 
 @dataclass(frozen=True)

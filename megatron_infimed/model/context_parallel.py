@@ -1,6 +1,6 @@
-"""Context parallelism (CP) for packed multimodal sequences: which tokens a CP rank holds, the real
-and padded sample boundaries, the vision work divided over the CP group, and exact causal
-attention over K/V gathered from the group (the ``local`` layers' CP attention).
+"""Context parallelism (CP) for packed multimodal sequences: which tokens a CP rank holds, the vision
+work divided over the CP group, and exact causal attention over K/V gathered from the group (the
+``local`` layers' CP attention).
 
 Each sample of a pack is padded (by the loader, ``PackLayout``) to a multiple of 2N, cut into 2N
 equal chunks, and rank i keeps chunks i and 2N−1−i, so that under a causal mask every rank does
@@ -39,17 +39,6 @@ def chunk_positions(bounds: list[int], size: int, rank: int) -> list[int]:
         positions += range(start + rank * chunk, start + (rank + 1) * chunk)
         positions += range(start + (2 * size - 1 - rank) * chunk, start + (2 * size - rank) * chunk)
     return positions
-
-
-def real_bounds(bounds: list[int], padding_ranges: list[tuple[int, int]]) -> list[int]:
-    """cu_seqlens of the real tokens (TE's ``cu_seqlens_q`` beside the padded ``cu_seqlens_q_padded``):
-    each segment's length less the padding inside it. A segment that is all padding keeps its
-    length, so that no sequence is empty."""
-    real = [0]
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        padded = sum(max(0, min(end, b) - max(start, a)) for a, b in padding_ranges)
-        real.append(real[-1] + (end - start - padded if padded < end - start else end - start))
-    return real
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,12 @@ class InfiMedModel(MegatronModule):
         zero (causal, per-segment attention keeps them from every real token either way).
         ``context``: this context-parallel rank's share of the pack; ``tokens``, ``position_ids`` and
         ``labels`` are the whole pack's, and the loss covers this rank's tokens, in its order."""
+        if self.config.context_parallel_size > 1 and context is None:
+            raise ValueError(f"this model was built for context-parallel size {self.config.context_parallel_size}: "
+                             f"forward needs this rank's share of the pack (context=ContextShard.of(...)); "
+                             f"generation and evaluation run at context-parallel size 1")
+        if inference_context is not None and self.config.sequence_parallel:
+            raise ValueError("generation runs without sequence parallelism: build the model without it")
         cu_seqlens = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
         decoder_input = None
         if self.pre_process:
@@ -230,14 +236,13 @@ def _zero_rows(hidden: Tensor, ranges: list[tuple[int, int]], length: int,
     return hidden.masked_fill(padding.view(-1, 1, 1), 0)
 
 
-def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int, real_cu_seqlens: Tensor | None = None) -> PackedSeqParams:
-    """The THD description megatron-core's attention and RoPE read. Under context parallelism
-    ``cu_seqlens`` are the boundaries padded to 2N (``cu_seqlens_*_padded``, which RoPE and the
-    split follow) and ``real_cu_seqlens`` the samples' own lengths (TE's attention skips the rest)."""
+def packed_seq_params(cu_seqlens: Tensor, max_seqlen: int, context_parallel: bool = False) -> PackedSeqParams:
+    """The THD description megatron-core's attention and RoPE read. Under context parallelism the
+    boundaries also go in ``cu_seqlens_*_padded``, which the split, RoPE and TE's THD CP follow.
+    They are the padded boundaries in both places: a sample's padding sits at its end, where causal
+    attention keeps it from every real token, and TE then has no padding between sequences to
+    infer (its ``pad_between_seqs`` detection misses padding at the tail of a pack, TE #3331)."""
     cu = cu_seqlens.to(torch.int32)
-    if real_cu_seqlens is None:
-        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                               max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
-    real = real_cu_seqlens.to(torch.int32)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real, cu_seqlens_q_padded=cu,
-                           cu_seqlens_kv_padded=cu, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    padded = cu if context_parallel else None
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=padded,
+                           cu_seqlens_kv_padded=padded, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)

@@ -98,6 +98,10 @@ class PackedDotProductAttention(MegatronModule):
                 required_pgs=["tp", "cp"] if config.context_parallel_size > 1 else ["tp"])
         # The vision encoder runs at CP=1 inside a CP>1 world: only its config says which applies.
         self.cp_group = pg_collection.cp if config.context_parallel_size > 1 else None
+        if self.cp_group is not None and torch.cuda.is_available():
+            raise ValueError("--context-parallel-size > 1 on GPUs needs --transformer-impl te: the local layers' CP "
+                             "attention (K/V all-gathered, an explicit causal mask per sample) is the exact "
+                             "reference the CPU tests run, with O(l²/cp) memory per sample, not a GPU path")
         tp = pg_collection.tp.size()
         self.heads = divide(config.num_attention_heads, tp)
         self.groups = divide(config.num_query_groups or config.num_attention_heads, tp)

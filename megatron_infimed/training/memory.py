@@ -8,7 +8,8 @@ needs the most, before a cluster is booked (``--world-size N`` plans N GPUs from
 |             |                                                                | (but the padding below)  |
 | optimizer   | trained parameters × 12 B (bf16: fp32 main copy + Adam's two   | tiny: allocated, exactly |
 |             | moments) or × 8 B (fp32: the weights are the main copy);       | (dp 1)                   |
-|             | ÷ data-parallel size with ``--use-distributed-optimizer``      |                          |
+|             | ÷ data- × context-parallel size with                           |                          |
+|             | ``--use-distributed-optimizer`` (megatron shards over DP × CP) |                          |
 | activations | Korthikanti et al. 2022, adapted below; micro-batches in       | a formula, not measured  |
 |             | flight under 1F1B                                              |                          |
 
@@ -43,7 +44,9 @@ Assumptions, each a choice a reader may want to change:
   softmax statistics, never the s×s scores: the 5·a·s/h term is 0. Selective recomputation
   (Korthikanti's remedy for that term) therefore saves only the statistics, and is counted like
   none. Unfused attention would add 5·a·s²·b/t bytes per layer (5.4 GB per layer for
-  infimed-1.7b at 8,192 tokens): the reason it is never used.
+  infimed-1.7b at 8,192 tokens): the reason it is never used on a GPU. (The local layers' context-
+  parallel attention builds an explicit mask and runs SDPA's math kernel: the CPU reference path,
+  refused on GPUs, whose extra memory this plan does not count.)
 - **No dropout** (the trainer sets both dropouts to 0, and torch keeps no mask at p = 0).
 - **Fused kernels**: a norm keeps its input, SwiGLU and GELU keep their input (TE, and megatron's
   fused bias-SwiGLU on CUDA). torch's composite RMSNorm and unfused SwiGLU (the CPU) keep more.
@@ -211,7 +214,9 @@ class StateBytes:
 
 def state_bytes(params: dict[str, int], config: RunConfig, data_parallel: int = 1) -> StateBytes:
     """Weights, fp32 gradient buffers and optimizer state of ``params`` under megatron-core mixed
-    precision (bf16) or fp32; frozen parts have weights only."""
+    precision (bf16) or fp32; frozen parts have weights only. ``data_parallel``: the ranks the
+    distributed optimizer shards over (data × context parallel, as megatron-core's
+    ``intra_dp_cp`` group)."""
     frozen = frozen_parts(config.model)
     trained = sum(n for part, n in params.items() if part not in frozen)
     bf16 = config.model.bf16
@@ -332,7 +337,7 @@ def plan_memory(config: RunConfig, model_config: ModelConfig, world_size: int | 
     layout = Layout.of(config, world_size)
     stages = []
     for stage in range(layout.pipeline):
-        state = state_bytes(stage_params(model_config, layout, stage), config, layout.data)
+        state = state_bytes(stage_params(model_config, layout, stage), config, layout.data * layout.context)
         activations = stage_activation_bytes(config, model_config, layout, stage)
         total = state.weights + state.grads + state.optimizer + math.ceil(activations["total"])
         stages.append((total, stage, state, activations))

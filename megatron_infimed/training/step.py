@@ -24,7 +24,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_infimed.data.pack import Pack
-from megatron_infimed.model.context_parallel import ContextShard, real_bounds
+from megatron_infimed.model.context_parallel import ContextShard
 from megatron_infimed.model.infimed import packed_seq_params
 from megatron_infimed.runtime import distributed
 from megatron_infimed.training.feed import micro_batch
@@ -61,17 +61,15 @@ def make_forward_step(accumulator: LossAccumulator, seen: list[Pack]):
         pack = micro_batch(data_iterator, unwrapped.check_pack)
         if unwrapped.post_process:
             seen.append(pack)
-        context, real_cu, loss_weights = None, None, pack.loss_weights
+        context, loss_weights = None, pack.loss_weights
         if parallel_state.get_context_parallel_world_size() > 1:
             # Every CP rank holds the whole pack; the model keeps this rank's chunks of it.
-            device = pack.tokens.device
-            context = ContextShard.of(pack.bounds, parallel_state.get_context_parallel_group(), device)
-            real_cu = torch.tensor(real_bounds(pack.bounds, pack.padding_ranges), dtype=torch.int32, device=device)
+            context = ContextShard.of(pack.bounds, parallel_state.get_context_parallel_group(), pack.tokens.device)
             loss_weights = context.take(loss_weights)
         output = model(
             pack.tokens.view(1, -1), pack.position_ids.view(1, -1),
             images=pack.images if unwrapped.pre_process else None,
-            packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen, real_cu),
+            packed_seq_params=packed_seq_params(pack.cu_seqlens, pack.max_seqlen, context is not None),
             labels=pack.labels.view(1, -1) if unwrapped.post_process else None,
             images_per_sample=pack.images_per_sample, sample_ids=pack.sample_ids, checked=True,
             padding_ranges=pack.padding_ranges, context=context,

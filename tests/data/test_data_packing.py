@@ -164,10 +164,12 @@ def test_unknown_loss_weighting_is_refused():
 
 @pytest.mark.parametrize("tp, sp, cp, recipe, multiple", [
     (1, False, 1, None, 1), (1, False, 2, None, 4), (1, False, 1, "delayed", 16), (1, False, 1, "mxfp8", 32),
-    (2, True, 1, None, 2), (4, True, 2, None, 4), (2, True, 2, "mxfp8", 32), (8, True, 1, "tensorwise", 16),
-    (2, False, 3, "delayed", 48),
+    (2, True, 1, None, 2), (2, False, 2, None, 4), (4, True, 2, None, 8), (2, True, 2, "mxfp8", 128),
+    (8, True, 1, "tensorwise", 128), (2, False, 3, "delayed", 48), (1, False, 2, "mxfp8", 64),
 ])
 def test_the_pack_multiple_is_one_function_of_tp_sp_cp_and_the_fp8_recipe(tp, sp, cp, recipe, multiple):
+    """Each rank's share of the pack (1/cp, then 1/tp under SP) is FP8-aligned, and every sample
+    splits into 2·cp chunks."""
     assert pad_multiple(tp, sp, cp, recipe) == multiple
     assert PackLayout(tensor_parallel=tp, sequence_parallel=sp, context_parallel=cp,
                       fp8_recipe=recipe).pack_multiple == multiple

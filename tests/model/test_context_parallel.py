@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import torch
 
-from megatron_infimed.model.context_parallel import ContextShard, attention, chunk_positions, real_bounds
+from megatron_infimed.model.context_parallel import ContextShard, attention, chunk_positions
 from megatron_infimed.model.packed_attention import attention_per_segment
 
 
@@ -30,19 +30,14 @@ def test_a_segment_that_is_not_a_multiple_of_2n_is_refused_naming_it():
         chunk_positions([0, 8, 18], 2, 0)
 
 
-def test_real_boundaries_leave_out_the_padding_inside_each_segment_but_keep_padding_segments():
-    # Samples of 5 and 9 real tokens padded to 8 and 12, then a trailing padding segment of 4.
-    bounds, padding = [0, 8, 20, 24], [(5, 8), (17, 20), (20, 24)]
-    assert real_bounds(bounds, padding) == [0, 5, 14, 18]
-
-
-def test_packed_params_under_context_parallelism_carry_real_and_padded_boundaries_as_te_expects():
+def test_packed_params_under_context_parallelism_give_the_padded_boundaries_as_both_real_and_padded():
+    """TE's THD CP splits by ``cu_seqlens_*_padded``; giving the same boundaries as the real ones
+    leaves it no padding between sequences to detect (TE #3331 misses padding at a pack's tail)."""
     from megatron_infimed.model.infimed import packed_seq_params
 
-    params = packed_seq_params(torch.tensor([0, 8, 20]), 12, torch.tensor([0, 5, 14]))
-    assert params.cu_seqlens_q.tolist() == params.cu_seqlens_kv.tolist() == [0, 5, 14]
-    assert params.cu_seqlens_q_padded.tolist() == params.cu_seqlens_kv_padded.tolist() == [0, 8, 20]
-    assert params.cu_seqlens_q.dtype == params.cu_seqlens_q_padded.dtype == torch.int32
+    params = packed_seq_params(torch.tensor([0, 8, 20]), 12, context_parallel=True)
+    for name in ("cu_seqlens_q", "cu_seqlens_kv", "cu_seqlens_q_padded", "cu_seqlens_kv_padded"):
+        assert getattr(params, name).tolist() == [0, 8, 20] and getattr(params, name).dtype == torch.int32
     assert packed_seq_params(torch.tensor([0, 8]), 8).cu_seqlens_q_padded is None
 
 

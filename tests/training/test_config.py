@@ -147,6 +147,12 @@ def test_freezing_every_part_is_refused_at_parse_time():
      r"--seq-length 1022 must be a multiple of 4 \(tensor-parallel size 4 \(sequence parallelism\)\)"),
     (["--transformer-impl", "te", "--bf16", "--fp8", "hybrid", "--fp8-recipe", "mxfp8", "--seq-length", "1040"],
      r"multiple of 32 \(the mxfp8 FP8 recipe\)"),
+    # Each CP rank's tokens are split again by SP: 1028 / 2 = 514 would not split over 4 TP ranks.
+    (["--tensor-model-parallel-size", "4", "--sequence-parallel", "--context-parallel-size", "2",
+      "--seq-length", "1028"], r"must be a multiple of 8 .*use 1032"),
+    # 1056 / 2 = 528 rows per CP rank: not a multiple of mxfp8's 32.
+    (["--transformer-impl", "te", "--bf16", "--fp8", "hybrid", "--fp8-recipe", "mxfp8", "--context-parallel-size",
+      "2", "--seq-length", "1056"], r"must be a multiple of 64"),
 ])
 def test_layouts_that_cannot_run_are_refused_at_parse_time_naming_why(flags, message):
     with pytest.raises(ValueError, match=message):

@@ -365,3 +365,14 @@ def test_the_docs_stage2_table_is_what_the_planner_says(row, monkeypatch):
     assert [numbers(cell) for cell in cells] == [[round(x, 1) for x in values] for values in expected]
     verdicts = [cell.endswith("does not fit") for cell in cells[-2:]]
     assert verdicts == [not plain["fits"], not sharded["fits"]]
+
+
+def test_the_distributed_optimizer_shards_over_data_and_context_parallel_ranks_as_megatron_does():
+    # megatron-core gives the DistributedOptimizer its intra_dp_cp group: CP ranks hold shards too.
+    plain = plan_memory(config_with(preset="infimed-4b", bf16=True, tensor_model_parallel_size=2,
+                                    context_parallel_size=2), get_preset("infimed-4b"), world_size=16)
+    sharded = plan_memory(config_with(preset="infimed-4b", bf16=True, tensor_model_parallel_size=2,
+                                      context_parallel_size=2, use_distributed_optimizer=True),
+                          get_preset("infimed-4b"), world_size=16)
+    assert (sharded["layout"]["dp"], sharded["layout"]["cp"]) == (4, 2)
+    assert sharded["bytes"]["optimizer"] == -(-plain["bytes"]["optimizer"] // 12 // 8) * 12

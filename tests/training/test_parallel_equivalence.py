@@ -23,6 +23,10 @@ FOUR_RANK_LAYOUTS = {
     "tp2-sp-pp2": "--tensor-model-parallel-size 2 --sequence-parallel --pipeline-model-parallel-size 2",
     "cp2-dp2-distopt": "--context-parallel-size 2 --use-distributed-optimizer",
 }
+# The rows of the 192-slot sequence each decoder block receives: 1/CP under context parallelism,
+# and 1/TP of that under sequence parallelism; and the data-parallel ranks left (one ledger each).
+SPLIT = {"tp2-sp-dp2": (96, 2), "tp2-cp2": (96, 1), "tp2-sp-cp2": (48, 1), "tp2-sp-pp2": (96, 1),
+         "cp2-dp2-distopt": (96, 2)}
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +98,15 @@ def test_four_rank_layouts_with_sequence_or_context_parallelism_match_one_rank(f
     assert_same_curve(reference, read_metrics(four_rank_layouts / layout))
 
 
+@pytest.mark.parametrize("layout", sorted(FOUR_RANK_LAYOUTS))
+def test_sequence_and_context_parallelism_really_split_the_decoders_sequence(four_rank_layouts, layout):
+    rows, data_parallel = SPLIT[layout]
+    for rank in range(4):
+        assert json.loads((four_rank_layouts / layout / f"decoder-rows-rank{rank}.json").read_text()) == [rows]
+    assert sorted(p.name for p in (four_rank_layouts / layout).glob("samples-dp*.jsonl")) == [
+        f"samples-dp{r}.jsonl" for r in range(data_parallel)]
+
+
 def test_context_parallel_trains_on_real_shards_with_the_data_split_over_data_parallel_ranks_only(
         four_rank_layouts):
     records = read_metrics(four_rank_layouts / "cp2-dp2-shards")
@@ -105,6 +118,7 @@ def test_context_parallel_trains_on_real_shards_with_the_data_split_over_data_pa
     ledgers = [[json.loads(line) for line in (four_rank_layouts / "cp2-dp2-shards" / f"samples-dp{r}.jsonl").open()]
                for r in (0, 1)]
     assert [[e["iteration"] for e in ledger] for ledger in ledgers] == [[1, 2, 3]] * 2
+    assert not (four_rank_layouts / "cp2-dp2-shards" / "samples-dp2.jsonl").exists()
     first = [set(ledger[0]["sample_ids"]) for ledger in ledgers]
     assert all(first) and not first[0] & first[1]
 
