@@ -5,7 +5,8 @@
       iter_0000020/
         (dist_checkpointing files)        model, optimizer, scheduler, iteration, consumed samples
         run_config.json  model_config.json
-        loader/dp0.pt ...                 the data loader's state per data-parallel rank
+        loader/dp0.pt ...                 the data loader's stream state per data-parallel rank (small)
+        loader/dp0-held.pt ...            the samples its packer held (raw shard bytes: large)
         rng/rank0.pt ...                  RNG states per rank (restored when the layout is unchanged)
         tokenizer/                        the run's tokenizer files (an allowlist, never a whole folder)
         checksums.sha256                  SHA-256 of every file above, written last
@@ -45,7 +46,7 @@ from megatron_infimed.checkpoint.layout import (
 from megatron_infimed.checkpoint.metadata import read_metadata
 from megatron_infimed.checkpoint.tokenizer_files import copy_tokenizer
 from megatron_infimed.config.presets import ModelConfig
-from megatron_infimed.data.reshard import reshard_loader_states
+from megatron_infimed.data.reshard import join_held, reshard_loader_states, split_held
 from megatron_infimed.model.token_reduction import tokens_per_image
 from megatron_infimed.runtime import distributed
 
@@ -141,8 +142,7 @@ def save(root: str, run, async_queue=None) -> Path:
     if (parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_context_parallel_rank() == 0
             and parallel_state.is_pipeline_first_stage()):  # the reader of each data-parallel rank
         (directory / "loader").mkdir(exist_ok=True)
-        dp_rank = parallel_state.get_data_parallel_rank()
-        torch.save(run.feed.state_dict(), directory / "loader" / f"dp{dp_rank}.pt")
+        save_loader_state(directory / "loader", parallel_state.get_data_parallel_rank(), run.feed.state_dict())
     if rank == 0:
         (directory / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, default=str))
         if config.data.tokenizer and not config.data.mock_data:
@@ -288,28 +288,56 @@ def _check_image_tokens(directory: Path, model_config) -> None:
                          f"--reset-data-state to restart the data streams with the new one")
 
 
+def save_loader_state(folder: Path, dp_rank: int, state: dict) -> None:
+    """Data-parallel rank ``dp_rank``'s loader ``state`` in ``folder``: ``dp{R}.pt``, its stream state,
+    and ``dp{R}-held.pt``, the samples it holds (``split_held``; mock data has none, so no such file),
+    so that a reshard reads only the held samples it deals."""
+    small, held = split_held(state)
+    if held is not None:
+        torch.save(held, folder / f"dp{dp_rank}-held.pt")
+    torch.save(small, folder / f"dp{dp_rank}.pt")
+
+
+def read_loader_state(folder: Path, saved_dp: int, dp_rank: int, dp: int, num_workers: int, reset: bool) -> dict:
+    """The loader state of data-parallel rank ``dp_rank`` of ``dp`` (``num_workers`` each) from the
+    files of a run saved at data-parallel size ``saved_dp``. At the saved size and worker count, or for
+    mock data, it reads its own files only; otherwise every saved rank's stream state and the held
+    samples that ``reshard_loader_states`` deals it (``dp{R}-held.pt`` of those saved ranks only).
+    Checkpoints saved before the split (one ``dp{R}.pt`` holding everything) load the same way, reading
+    every saved rank's whole file when resharded. ``reset``: only the saved epoch is used."""
+    def saved(rank: int) -> dict:
+        return torch.load(folder / f"dp{rank}.pt", weights_only=True)
+
+    def held(rank: int) -> dict:
+        return torch.load(folder / f"dp{rank}-held.pt", weights_only=True)
+
+    first = min(dp_rank, saved_dp - 1)
+    state = saved(first)
+    same_split = saved_dp == dp and state.get("num_workers", num_workers) == num_workers
+    if state.get("kind") == "mock":
+        return state
+    if same_split:
+        return join_held(state, held(dp_rank)) if "held_samples" in state else state
+    if reset:  # the source only reads where the saved streams had got to (their epoch)
+        return state
+    states = (state if rank == first else saved(rank) for rank in range(saved_dp))
+    state = reshard_loader_states(states, dp_rank, dp, num_workers, held=held)
+    if dp_rank == 0:
+        log.info("loader state resharded from data-parallel size %d to %d (%d workers per rank)", saved_dp, dp,
+                 num_workers)
+    return state
+
+
 def _load_loader_state(directory: Path, feed, saved_layout: dict, data) -> None:
     """Restore the reading ranks' data source (``data``: the run's ``DataConfig``). At the saved
     data-parallel size and worker count each rank loads its own state; otherwise every new rank
-    reshards all saved ranks' states (``data/reshard.py``), and mock data converts its count."""
+    reshards all saved ranks' states (``data/reshard.py``, ``read_loader_state``), and mock data
+    converts its count."""
     if feed.source is None:
         return  # not its replica's reader: no source to restore
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     saved_dp = saved_layout["dp"]
-    folder = directory / "loader"
-
-    def saved(rank: int) -> dict:
-        return torch.load(folder / f"dp{rank}.pt", weights_only=True)
-
-    # With --reset-data-state the source only reads where the saved streams had got to (their epoch).
-    state = saved(min(dp_rank, saved_dp - 1))
-    same_split = saved_dp == dp and state.get("num_workers", data.num_workers) == data.num_workers
-    if not (same_split or data.reset_data_state or state.get("kind") == "mock"):
-        states = (state if rank == dp_rank else saved(rank) for rank in range(saved_dp))
-        state = reshard_loader_states(states, dp_rank, dp, data.num_workers)
-        if dp_rank == 0:
-            log.info("loader state resharded from data-parallel size %d to %d (%d workers per rank)", saved_dp, dp,
-                     data.num_workers)
+    state = read_loader_state(directory / "loader", saved_dp, dp_rank, dp, data.num_workers, data.reset_data_state)
     feed.load_state_dict(state)
 
 

@@ -20,10 +20,11 @@ which workers stopped and why, the packer's held samples (as raw shard bytes, re
 restore), the samples carried over from a reshard and the counters. It is tied to ``dp_size`` and
 ``num_workers`` (they define the split): a run resumed at another size reshards every saved rank's
 state into one for each new rank (``reshard.reshard_loader_states``; the checkpoint loader does it),
-which stays exactly once. Loading one rank's state elsewhere raises, unless ``reset=True``, which
-restarts every stream at the start of the furthest saved epoch. A stopped worker stays stopped on
-resume, so the packs continue exactly; ``reset=True`` reads its stream again (after the data is
-repaired).
+which stays exactly once (a checkpoint saves the held samples apart from the rest,
+``reshard.split_held``, so a reshard reads only those it deals to a rank). Loading one rank's state
+elsewhere raises, unless ``reset=True``, which restarts every stream at the start of the furthest
+saved epoch. A stopped worker stays stopped on resume, so the packs continue exactly; ``reset=True``
+reads its stream again (after the data is repaired).
 
 Tensor-parallel ranks share one reader and only the first and last pipeline stages need data:
 the trainer builds this per data-parallel rank and broadcasts.
@@ -267,6 +268,9 @@ class TrainLoader:
                             for _ in range(self.spec.num_workers)]
             log.warning("loader state reset: streams restart at epoch %d (saved %s, now %s)", epoch, saved, mine)
         else:
+            if "held_samples" in state:
+                raise ValueError("this loader state's held samples were saved apart (reshard.split_held): join "
+                                 "them first (reshard.join_held; the checkpoint loader does it)")
             self._starts = list(state["worker_states"])
             self._ended, self._cursor = list(state["ended"]), state["cursor"]
             self._barren = list(state.get("barren") or self._barren)  # absent from states saved before it

@@ -21,8 +21,13 @@ owed by the stream that would read it. So the new layout:
   the slice ``[j*R//M, (j+1)*R//M)`` of those ``R`` positions (the epoch split's own rule, so the
   new streams finish their debt together, within a sample); a stream reads its debt before its
   first epoch;
-* deals the held samples round robin over the new ranks; they enter each rank's packer before any
-  stream sample (``TrainLoader``'s carry), as re-decoded raw bytes like the packer's own state.
+* deals the held samples by saved rank, in contiguous blocks: saved rank ``r`` of ``A`` is the
+  interval ``[r, r+1)`` of ``[0, A)``, its ``n`` held samples cut into ``n`` equal parts of it, and new
+  rank ``j`` of ``B`` takes those in ``[j*A/B, (j+1)*A/B)`` (``held_slice``). Each new rank so needs
+  only the held samples of the saved ranks its interval meets (at most ``ceil(A/B) + 1``, and its
+  own at an unchanged size), the new ranks read at most ``A + B - 1`` of them in all, and with equal
+  held counts each gets its share within one sample. They enter each rank's packer before any stream sample
+  (``TrainLoader``'s carry), as re-decoded raw bytes like the packer's own state.
 
 The assignment is a pure function of all saved states and (new rank, new data-parallel size, new
 workers): the new ranks agree without communicating. Blend counts are summed per dataset and
@@ -32,18 +37,21 @@ Limits: the set of every epoch is exact, not the order (each new stream has its 
 the packers reorder within their buffer). A stream that had stopped (its whole epoch unusable, or
 its ``num_epochs`` done) owes nothing. Seed and datasets must be unchanged; the shuffle window may
 change (owed ranges keep their own). States saved before version 2 do not record their shuffle
-window and are refused here. Each new rank reads every saved rank's file, one at a time.
+window and are refused here. Each new rank reads every saved rank's stream state (small), one at a
+time; the held samples (large: raw shard bytes) can be saved apart (``split_held``) and are then read
+only where dealt (``reshard_loader_states``' ``held``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, replace
 
 from megatron_infimed.data.streaming import OwedRange, stream_range
 
 RESHARDABLE_VERSION = 2  # the first loader state version that records its shuffle window
+HELD_KEYS = ("packer", "ready", "carry")  # what a state holds of samples read but not trained
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,48 @@ class SavedStream:
         return ranges
 
 
+def split_held(state: dict) -> tuple[dict, dict | None]:
+    """A loader state as two parts to save apart: its stream state (positions, owed ranges, counters,
+    identity: small) with the number of samples it holds (``held_samples``), and those samples (its
+    ``packer``, ``ready`` packs and ``carry``: raw shard bytes, large) with its ``dp_rank``.
+    ``(state, None)`` for a state without held samples (mock data) or one already split."""
+    if "packer" not in state:
+        return state, None
+    small = {k: v for k, v in state.items() if k not in HELD_KEYS}
+    small["held_samples"] = len(_held(state))
+    return small, {"dp_rank": state["dp_rank"], **{k: state[k] for k in HELD_KEYS if k in state}}
+
+
+def join_held(state: dict, held: dict) -> dict:
+    """The whole state again from ``split_held``'s two parts (a whole ``state`` is returned as is)."""
+    if "held_samples" not in state:
+        return state
+    if held.get("dp_rank") != state["dp_rank"] or len(_held(held)) != state["held_samples"]:
+        raise ValueError(f"the held samples of data-parallel rank {held.get('dp_rank')} ({len(_held(held))}) are "
+                         f"not those the stream state of rank {state['dp_rank']} counts ({state['held_samples']}); "
+                         f"the loader files are not of one checkpoint")
+    whole = {k: v for k, v in state.items() if k != "held_samples"}
+    whole.update((k, held[k]) for k in HELD_KEYS if k in held)
+    return whole
+
+
+def held_count(state: dict) -> int:
+    """The samples a saved state holds, whole or split."""
+    return state["held_samples"] if "held_samples" in state else len(_held(state))
+
+
+def held_slice(rank: int, count: int, size: int, new_rank: int, new_size: int) -> tuple[int, int]:
+    """The held samples ``[lo, hi)`` of saved rank ``rank`` of ``size`` (it holds ``count``) that go to
+    new rank ``new_rank`` of ``new_size``: sample ``i`` sits at ``rank + i/count`` of ``[0, size)``, new
+    rank ``j`` takes ``[j*size/new_size, (j+1)*size/new_size)``. The slices of the new ranks partition
+    each saved rank's samples; at an unchanged size each new rank takes exactly its own."""
+    def at(j: int) -> int:  # the first sample at or past j*size/new_size, counted from this rank's first
+        return -(-j * size * count // new_size) - rank * count
+
+    lo, hi = max(at(new_rank), 0), min(at(new_rank + 1), count)
+    return (lo, hi) if lo < hi else (0, 0)
+
+
 class _Saved:
     """What the reshard keeps of the saved states, read one at a time (a state holds raw samples)."""
 
@@ -95,13 +145,12 @@ class _Saved:
         self.shuffle_buffer = 0
         self.ranks = 0
         self.streams: list[list[SavedStream]] = []  # per dataset, in (rank, worker) order
-        self.held = 0  # samples held by the saved ranks so far, the dealing order
         self.carry: list[dict] = []
         self.counters: Counter = Counter()
         self.errors: Counter = Counter()
         self.dropped: Counter = Counter()
 
-    def add(self, state: dict) -> None:
+    def add(self, state: dict, read_held: Callable[[int], dict] | None) -> None:
         self._check(state)
         rank, workers, size = state["dp_rank"], state["num_workers"], state["dp_size"]
         totals = [total for _, total in state["datasets"]]
@@ -111,10 +160,14 @@ class _Saved:
             for d, total in enumerate(totals):
                 self.streams[d].append(_saved_stream(worker_state, d, stream, num_streams, total,
                                                      state["shuffle_buffer"]))
-        for sample in _held(state):
-            if self.held % self.dp_size == self.dp_rank:
-                self.carry.append(sample)
-            self.held += 1
+        lo, hi = held_slice(rank, held_count(state), size, self.dp_rank, self.dp_size)
+        if lo < hi:  # only then are a split state's held samples read
+            if "held_samples" in state:
+                if read_held is None:
+                    raise ValueError(f"saved data-parallel rank {rank}'s held samples are saved apart "
+                                     f"(split_held): pass held= to read them")
+                state = join_held(state, read_held(rank))
+            self.carry.extend(_held(state)[lo:hi])
         if rank % self.dp_size == self.dp_rank:
             self.counters.update(state["counters"])
             self.errors.update(state["errors"])
@@ -187,15 +240,18 @@ def split_debt(ranges: list[OwedRange], part: int, parts: int) -> list[OwedRange
     return out
 
 
-def reshard_loader_states(states: Iterable[dict], dp_rank: int, dp_size: int, num_workers: int) -> dict:
+def reshard_loader_states(states: Iterable[dict], dp_rank: int, dp_size: int, num_workers: int,
+                          held: Callable[[int], dict] | None = None) -> dict:
     """The loader state of rank ``dp_rank`` of ``dp_size`` (``num_workers`` each) that continues the run
     whose every rank saved one of ``states`` (in rank order; read one at a time, so a generator of
-    ``torch.load`` keeps one in memory). Load it with ``TrainLoader.load_state_dict``."""
+    ``torch.load`` keeps one in memory). A state may be whole or split (``split_held``); ``held(rank)``
+    returns a split one's held samples and is called only for the saved ranks whose held samples are
+    dealt to ``dp_rank`` (``held_slice``), once each. Load the result with ``TrainLoader.load_state_dict``."""
     if not 0 <= dp_rank < dp_size or num_workers < 1:
         raise ValueError(f"cannot reshard onto rank {dp_rank} of {dp_size} with {num_workers} workers")
     saved = _Saved(dp_rank, dp_size)
     for state in states:
-        saved.add(state)
+        saved.add(state, held)
     saved.finish()
     num_streams = dp_size * num_workers
     starts = [{"datasets": [], "counts": [], "done": [], "owed": []} for _ in range(num_workers)]

@@ -3,14 +3,16 @@ onto another, and the run still reads every sample of an epoch exactly once: wha
 had trained, held in their packers, and still owed their epoch, then the new layout's epochs."""
 
 import io
+import shutil
 from collections import Counter
 
 import pytest
 import torch
 from shard_builder import make_sample, split_loader_options, write_dataset
 
+from megatron_infimed.checkpoint.dist import read_loader_state, save_loader_state
 from megatron_infimed.data.loader import build_train_loader
-from megatron_infimed.data.reshard import reshard_loader_states
+from megatron_infimed.data.reshard import held_slice, join_held, reshard_loader_states, split_held
 
 SEQ = 192
 MED = [f"m{i:03d}" for i in range(60)]
@@ -18,6 +20,9 @@ GEN = [f"g{i:03d}" for i in range(25)]
 EPOCH = Counter(MED + GEN)
 # (saved dp size, workers) -> (new dp size, workers)
 CHANGES = [((2, 2), (1, 2)), ((1, 2), (2, 2)), ((2, 2), (3, 1)), ((2, 1), (2, 3))]
+# (saved dp size, new dp size) -> the saved ranks whose held samples each new rank is dealt (and reads)
+DEALT = {(2, 1): [{0, 1}], (1, 2): [{0}, {0}], (2, 3): [{0}, {0, 1}, {1}], (2, 2): [{0}, {1}],
+         (4, 2): [{0, 1}, {2, 3}], (1, 3): [{0}, {0}, {0}]}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +75,13 @@ def held(state: dict) -> int:
     return len(packer["pending"]) + sum(len(items) for *_, items in packer["open"]) + sum(map(len, state["ready"]))
 
 
+def held_ids(state: dict) -> Counter:
+    packer = state["packer"]
+    return Counter([s["id"] for s in state["carry"]] + [s["id"] for pack in state["ready"] for s in pack]
+                   + [s["id"] for *_, items in packer["open"] for s in items]
+                   + [s["id"] for *_, s in packer["pending"]])
+
+
 def epoch_slice(loader_for, rank, layout, epoch, **options) -> Counter:
     """The samples rank ``rank`` of a fresh ``layout`` reads in ``epoch``."""
     def read(num_epochs):
@@ -84,6 +96,14 @@ def test_a_resharded_run_reads_the_rest_of_the_epoch_once_then_the_new_split(loa
     assert len(trained) == len(set(trained)), "still inside epoch 0"
     assert all(held(state) for state in states), "the packers' buffers travel too"
     resumed = resume(loader_for, states, after)
+    carried = [Counter(s["id"] for s in reshard_loader_states(states, rank, *after)["carry"])
+               for rank in range(after[0])]
+    # The held samples are dealt by saved rank: each new rank gets only those of the saved ranks
+    # dealt to it, all of them in all, as evenly as the saved ranks' counts allow.
+    dealt = DEALT[before[0], after[0]]
+    for got, ranks in zip(carried, dealt):
+        assert not got - sum((held_ids(states[r]) for r in ranks), Counter())
+    assert sum(carried, Counter()) == sum(map(held_ids, states), Counter())
     read = [Counter(s for pack in loader for s in pack.sample_ids) for loader in resumed]
     # Two epochs in all: none lost, none repeated, the held samples included.
     assert Counter(trained) + sum(read, Counter()) == EPOCH + EPOCH
@@ -95,9 +115,9 @@ def test_a_resharded_run_reads_the_rest_of_the_epoch_once_then_the_new_split(loa
         assert not own - got, f"rank {rank} misses part of its epoch-1 slice"
         debts.append(got - own)
     assert sum(debts, Counter()) == owed
-    # Split evenly: within one sample per dataset and worker, and one of the dealt held samples.
-    sizes = [sum(debt.values()) for debt in debts]
-    assert max(sizes) - min(sizes) <= 2 * after[1] + 1, sizes
+    # The stream debt split evenly: within one sample per dataset and worker.
+    sizes = [sum((debt - carry).values()) for debt, carry in zip(debts, carried)]
+    assert max(sizes) - min(sizes) <= 2 * after[1], sizes
 
 
 def first_next_epoch_read(trained: set[str], steps: list[list[str]], dataset: str) -> tuple[list[str], int]:
@@ -200,3 +220,110 @@ def test_a_version_1_state_still_resumes_at_its_own_layout(loader_for):
     resumed = loader_for(1, 2, 2, num_epochs=None)
     resumed.load_state_dict(state)
     assert head + [next(resumed).sample_ids for _ in range(3)] == expected
+
+
+@pytest.mark.parametrize("saved, count, new", [(2, 10, 1), (1, 7, 3), (2, 9, 3), (4, 5, 2), (3, 4, 3), (2, 0, 5)])
+def test_held_samples_are_dealt_in_contiguous_blocks_of_the_saved_ranks(saved, count, new):
+    """Each saved rank's samples are partitioned over the new ranks, in order, and the new ranks take
+    equal shares (within one sample) when the saved ranks hold as many."""
+    slices = [[held_slice(rank, count, saved, j, new) for rank in range(saved)] for j in range(new)]
+    for rank in range(saved):
+        taken = [i for j in range(new) for i in range(*slices[j][rank])]
+        assert taken == list(range(count))  # in order: rank j's slice is before rank j+1's
+    shares = [sum(hi - lo for lo, hi in row) for row in slices]
+    assert max(shares) - min(shares) <= 1, shares
+    if saved == new:
+        assert all(slices[j][r] == ((0, count) if r == j else (0, 0)) for j in range(new) for r in range(saved))
+
+
+def test_split_states_reshard_as_whole_ones_reading_only_the_held_samples_dealt(loader_for):
+    _, states = run_until_checkpoint(loader_for, (4, 1), packs_per_rank=2)
+    parts = [split_held(state) for state in states]
+    assert all("packer" not in small and small["held_samples"] == held(state) for (small, _), state
+               in zip(parts, states))
+    def read(r):
+        opened.append(r)
+        return parts[r][1]
+
+    for rank, ranks in enumerate(DEALT[4, 2]):
+        opened: list[int] = []
+        got = reshard_loader_states((small for small, _ in parts), rank, 2, 2, held=read)
+        assert got == reshard_loader_states(states, rank, 2, 2)
+        assert sorted(opened) == sorted(ranks)
+    with pytest.raises(ValueError, match="saved apart"):
+        reshard_loader_states((small for small, _ in parts), 0, 2, 2)
+    with pytest.raises(ValueError, match="not those the stream state of rank 1 counts"):
+        join_held(parts[1][0], parts[0][1])
+    with pytest.raises(ValueError, match="saved apart.*join_held"):
+        loader_for(1, 4, 1).load_state_dict(parts[1][0])
+    assert join_held(*parts[1]) == states[1]
+
+
+def write_checkpoint(folder, states, whole=False):
+    folder.mkdir(parents=True)
+    for rank, state in enumerate(states):
+        if whole:  # as saved before the held samples went to a file of their own
+            torch.save(state, folder / f"dp{rank}.pt")
+        else:
+            save_loader_state(folder, rank, state)
+    return folder
+
+
+def rank_files(tmp_path, folder, name, keep_held):
+    """A copy of ``folder`` with every stream state but only the held files of ``keep_held``."""
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    for path in copy.glob("dp*-held.pt"):
+        if int(path.name[2:-len("-held.pt")]) not in keep_held:
+            path.unlink()
+    return copy
+
+
+@pytest.mark.parametrize("before, after", [((4, 1), (2, 1)), ((2, 2), (3, 1)), ((1, 2), (2, 2))])
+def test_a_resharding_rank_reads_only_the_held_files_dealt_to_it(loader_for, tmp_path, before, after):
+    """Each new rank resumes from a checkpoint folder that lacks every held file but those of the
+    saved ranks dealt to it, and together they still read the two epochs exactly."""
+    trained, states = run_until_checkpoint(loader_for, before, packs_per_rank=2)
+    folder = write_checkpoint(tmp_path / "loader", states)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"dp{r}{suffix}.pt" for r in range(before[0]) for suffix in ("", "-held"))
+    size, workers = after
+    rest = Counter()
+    for rank, ranks in enumerate(DEALT[before[0], size]):
+        only = rank_files(tmp_path, folder, f"rank{rank}", ranks)
+        loader = loader_for(rank, size, workers)
+        loader.load_state_dict(read_loader_state(only, before[0], rank, size, workers, reset=False))
+        rest.update(s for pack in loader for s in pack.sample_ids)
+    assert Counter(trained) + rest == EPOCH + EPOCH
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["split", "one-file"])
+def test_at_the_same_layout_a_rank_reads_its_own_files_and_continues_its_packs(loader_for, tmp_path, whole):
+    """Split or as saved before the split (one file with everything), a rank at the saved layout
+    needs only its own file(s) and makes exactly the packs it would have made."""
+    loaders = [loader_for(rank, 2, 2, num_epochs=None) for rank in range(2)]
+    for loader in loaders:
+        for _ in range(3):
+            next(loader)
+    folder = write_checkpoint(tmp_path / "loader", saved([loader.state_dict() for loader in loaders]), whole)
+    for rank, loader in enumerate(loaders):
+        own = tmp_path / f"own{rank}"
+        own.mkdir()
+        for path in folder.glob(f"dp{rank}[.-]*"):
+            shutil.copy(path, own / path.name)
+        resumed = loader_for(rank, 2, 2, num_epochs=None)
+        resumed.load_state_dict(read_loader_state(own, 2, rank, 2, 2, reset=False))
+        assert [next(resumed).sample_ids for _ in range(4)] == [next(loader).sample_ids for _ in range(4)]
+
+
+@pytest.mark.parametrize("before, after", [((2, 2), (1, 2)), ((2, 1), (2, 3))])
+def test_a_checkpoint_of_one_file_per_rank_still_reshards(loader_for, tmp_path, before, after):
+    trained, states = run_until_checkpoint(loader_for, before, packs_per_rank=3)
+    folder = write_checkpoint(tmp_path / "loader", states, whole=True)
+    size, workers = after
+    rest = Counter()
+    for rank in range(size):
+        loader = loader_for(rank, size, workers)
+        loader.load_state_dict(read_loader_state(folder, before[0], rank, size, workers, reset=False))
+        rest.update(s for pack in loader for s in pack.sample_ids)
+    assert Counter(trained) + rest == EPOCH + EPOCH

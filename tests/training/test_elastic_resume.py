@@ -32,13 +32,18 @@ def ledger(run_dir: Path) -> dict[int, list[str]]:
 
 
 def held_samples(checkpoint: Path, iteration: int) -> int:
-    """Samples the saved ranks' packers held (read, not yet trained) at ``iteration``."""
+    """Samples the saved ranks' packers held (read, not yet trained) at ``iteration``: saved apart from
+    each rank's stream state (``dp{R}-held.pt``), which counts them."""
     total = 0
-    for path in (iteration_dir(checkpoint, iteration) / "loader").glob("dp*.pt"):
-        state = torch.load(path, weights_only=True)
-        packer = state["packer"]
-        total += len(packer["pending"]) + sum(len(items) for *_, items in packer["open"])
-        total += sum(map(len, state["ready"]))
+    folder = iteration_dir(checkpoint, iteration) / "loader"
+    for path in folder.glob("dp*-held.pt"):
+        held = torch.load(path, weights_only=True)
+        packer = held["packer"]
+        count = len(packer["pending"]) + sum(len(items) for *_, items in packer["open"])
+        count += sum(map(len, held["ready"])) + len(held["carry"])
+        assert "packer" not in (small := torch.load(folder / f"dp{held['dp_rank']}.pt", weights_only=True))
+        assert small["held_samples"] == count
+        total += count
     return total
 
 
