@@ -293,9 +293,6 @@ class RunConfig:
         from megatron_infimed.data.pack_builder import PackLayout  # data imports this module
 
         parallel, seq = self.parallel, self.batch.seq_length
-        if parallel.context_parallel_size > 1 and parallel.pipeline_model_parallel_size > 1:
-            raise ValueError("--context-parallel-size > 1 with --pipeline-model-parallel-size > 1 is not supported: "
-                             "split the sequence (CP) or the layers (PP), not both")
         multiple = PackLayout.of(self).pack_multiple
         if seq % multiple:
             reasons = [why for why, on in (

@@ -4,8 +4,9 @@
       │  stage 0, tp 0 reads the step's ``num_microbatches`` packs          StepFeed.next_step
       ▼
     pipeline hand-over: tokens, labels, loss weights, positions,            _send_along_pipeline
-      │  cu_seqlens, counts to every later stage (one broadcast per
-      │  tensor kind over the pipeline group); images stay on stage 0
+      │  cu_seqlens, counts to every later stage's tp 0 / cp 0 rank (one
+      │  broadcast per tensor kind over the pipeline group); images stay
+      │  on stage 0
       ▼
     tensor- and context-parallel hand-over + device: as its micro-batch     micro_batch
        runs, each stage's tp 0 / cp 0 rank moves the pack to its device and
@@ -122,7 +123,7 @@ class StepFeed:
             # Packs stay where the loader made them (host memory) until their micro-batch runs.
             packs = [next(self.source) for _ in range(self.num_microbatches)]
             self._stats = self.source.stats()
-        if (parallel_state.get_tensor_model_parallel_rank() == 0
+        if (parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_context_parallel_rank() == 0
                 and parallel_state.get_pipeline_model_parallel_world_size() > 1):
             packs, self._stats = _send_along_pipeline(packs, self._stats)
         self.wait_seconds += time.perf_counter() - start

@@ -139,8 +139,6 @@ def test_freezing_every_part_is_refused_at_parse_time():
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--sequence-parallel"], "--sequence-parallel .* needs --tensor-model-parallel-size > 1"),
-    (["--context-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
-     "--context-parallel-size > 1 with --pipeline-model-parallel-size > 1 is not supported"),
     (["--context-parallel-size", "2", "--seq-length", "190"],
      r"--seq-length 190 must be a multiple of 4 \(2 × context-parallel size 2\).* use 192"),
     (["--tensor-model-parallel-size", "4", "--sequence-parallel", "--seq-length", "1022"],

@@ -14,6 +14,8 @@ from trainrun import free_port, read_metrics, shard_flags, torchrun
 
 MOCK = ["--preset", "tiny", "--mock-data", "--train-iters", "4", "--seed", "11", "--log-interval", "1",
         "--seq-length", "192", "--global-batch-size", "4", "--lr", "2e-3"]
+# Interleaving needs layers for 2 stages × 2 virtual chunks, and micro-batches per stage.
+DEEPER = ["--model-overrides", '{"language.num_layers": 4}']
 # Layouts of 4 ranks run in one launch (tests/training/layouts_worker.py); data parallelism
 # fills the ranks a layout leaves.
 FOUR_RANK_LAYOUTS = {
@@ -22,11 +24,14 @@ FOUR_RANK_LAYOUTS = {
     "tp2-sp-cp2": "--tensor-model-parallel-size 2 --sequence-parallel --context-parallel-size 2",
     "tp2-sp-pp2": "--tensor-model-parallel-size 2 --sequence-parallel --pipeline-model-parallel-size 2",
     "cp2-dp2-distopt": "--context-parallel-size 2 --use-distributed-optimizer",
+    "cp2-pp2": "--context-parallel-size 2 --pipeline-model-parallel-size 2",
 }
+DEEP_FOUR_RANK_LAYOUTS = {"cp2-pp2-vp2": "--context-parallel-size 2 --pipeline-model-parallel-size 2 "
+                                         "--virtual-pipeline-model-parallel-size 2"}
 # The rows of the 192-slot sequence each decoder block receives: 1/CP under context parallelism,
 # and 1/TP of that under sequence parallelism; and the data-parallel ranks left (one ledger each).
 SPLIT = {"tp2-sp-dp2": (96, 2), "tp2-cp2": (96, 1), "tp2-sp-cp2": (48, 1), "tp2-sp-pp2": (96, 1),
-         "cp2-dp2-distopt": (96, 2)}
+         "cp2-dp2-distopt": (96, 2), "cp2-pp2": (96, 1), "cp2-pp2-vp2": (96, 1)}
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +63,9 @@ def four_rank_layouts(tmp_path_factory, shard_dataset) -> Path:
     shards = shlex.join([*shard_flags(*shard_dataset), *SHARD_RUN, "--context-parallel-size", "2"])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", f"--master-port={free_port()}",
                str(Path(__file__).with_name("layouts_worker.py")), str(root),
-               *(f"{name}={mock} {flags}" for name, flags in FOUR_RANK_LAYOUTS.items()), f"cp2-dp2-shards={shards}"]
+               *(f"{name}={mock} {flags}" for name, flags in FOUR_RANK_LAYOUTS.items()),
+               *(f"{name}={mock} {shlex.join(DEEPER)} {flags}" for name, flags in DEEP_FOUR_RANK_LAYOUTS.items()),
+               f"cp2-dp2-shards={shards}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -98,7 +105,7 @@ def test_four_rank_layouts_with_sequence_or_context_parallelism_match_one_rank(f
     assert_same_curve(reference, read_metrics(four_rank_layouts / layout))
 
 
-@pytest.mark.parametrize("layout", sorted(FOUR_RANK_LAYOUTS))
+@pytest.mark.parametrize("layout", sorted(SPLIT))
 def test_sequence_and_context_parallelism_really_split_the_decoders_sequence(four_rank_layouts, layout):
     rows, data_parallel = SPLIT[layout]
     for rank in range(4):
@@ -136,12 +143,18 @@ def test_data_parallel_2_matches_one_rank(runs, reference):
     assert_same_curve(reference, runs("dp2", 2))
 
 
-def test_virtual_pipeline_matches_one_rank(runs):
-    # Interleaving needs layers for 2 stages × 2 virtual chunks, and micro-batches per stage.
-    deeper = ["--model-overrides", '{"language.num_layers": 4}']
-    reference = runs("deep-tp1", 1, *deeper)
-    assert_same_curve(reference, runs("deep-vpp", 2, *deeper, "--pipeline-model-parallel-size", "2",
-                                      "--virtual-pipeline-model-parallel-size", "2"))
+@pytest.fixture(scope="module")
+def deep_reference(runs):
+    return runs("deep-tp1", 1, *DEEPER)
+
+
+def test_virtual_pipeline_matches_one_rank(runs, deep_reference):
+    assert_same_curve(deep_reference, runs("deep-vpp", 2, *DEEPER, "--pipeline-model-parallel-size", "2",
+                                           "--virtual-pipeline-model-parallel-size", "2"))
+
+
+def test_context_parallel_with_interleaved_pipeline_matches_one_rank(four_rank_layouts, deep_reference):
+    assert_same_curve(deep_reference, read_metrics(four_rank_layouts / "cp2-pp2-vp2"))
 
 
 def test_activation_recomputation_changes_memory_not_results(runs, reference):
