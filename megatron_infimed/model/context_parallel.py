@@ -44,19 +44,23 @@ def chunk_positions(bounds: list[int], size: int, rank: int) -> list[int]:
 @dataclass(frozen=True)
 class ContextShard:
     """This rank's share of one packed micro-batch under CP: ``index`` [T/N] holds the global
-    positions of its tokens, in the order the rank lays them out."""
+    positions of its tokens, in the order the rank lays them out; ``order`` [T] puts the group's
+    tokens, gathered rank after rank, back in sequence order."""
 
     group: torch.distributed.ProcessGroup
     size: int
     rank: int
     bounds: tuple[int, ...]
     index: Tensor
+    order: Tensor
 
     @classmethod
     def of(cls, bounds: list[int], group, device: torch.device) -> ContextShard:
         size, rank = group.size(), group.rank()
-        return cls(group, size, rank, tuple(bounds),
-                   torch.tensor(chunk_positions(bounds, size, rank), dtype=torch.long, device=device))
+        held = [chunk_positions(bounds, size, r) for r in range(size)]
+        gathered = torch.tensor([p for positions in held for p in positions], dtype=torch.long, device=device)
+        return cls(group, size, rank, tuple(bounds), torch.tensor(held[rank], dtype=torch.long, device=device),
+                   torch.argsort(gathered))
 
     def take(self, tensor: Tensor, dim: int = -1) -> Tensor:
         """This rank's tokens of a full-sequence tensor (sequence along ``dim``)."""
@@ -84,9 +88,7 @@ def gather_sequence(tensor: Tensor, shard: ContextShard) -> Tensor:
     """The whole sequence of ``tensor`` [T/N, ...] (each rank's tokens) in global order: an
     all-gather over the CP group whose backward reduce-scatters the gradient to its owner."""
     gathered = gather_from_sequence_parallel_region(tensor, tensor_parallel_output_grad=True, group=shard.group)
-    owners = torch.cat([torch.tensor(chunk_positions(list(shard.bounds), shard.size, r), device=tensor.device)
-                        for r in range(shard.size)])
-    return gathered.index_select(0, torch.argsort(owners))
+    return gathered.index_select(0, shard.order)
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, shard: ContextShard, causal: bool, scale: float) -> Tensor:

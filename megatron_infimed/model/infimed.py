@@ -137,7 +137,10 @@ class InfiMedModel(MegatronModule):
             features = context.gather_images(images, lambda part: self.encode_images(part, embeddings.dtype),
                                              self.image_tokens, embeddings.shape[-1], embeddings.dtype,
                                              trainable and torch.is_grad_enabled())
-            features = features.index_select(0, image_row[is_image])
+            # Each position's image row (row 0 for text, then not taken): no boolean indexing, so no
+            # device-to-host sync for the count.
+            rows = features.index_select(0, image_row.clamp(min=0).view(-1)).unsqueeze(1)
+            return torch.where(is_image.view(-1, 1, 1), rows, embeddings)
         batch_first = embeddings.transpose(0, 1)  # scatter in the tokens' [B, L] order
         mask = is_image.unsqueeze(-1).expand_as(batch_first)
         return batch_first.masked_scatter(mask, features).transpose(0, 1)
