@@ -11,18 +11,21 @@ def load_config(argv):
     return config
 
 
-def test_flags_override_yaml(tmp_path):
+def from_yaml(tmp_path, text: str, *argv: str):
+    """The config of ``text`` written to ``run.yaml``, then the flags ``argv``."""
     config_file = tmp_path / "run.yaml"
-    config_file.write_text("preset: tiny\nmock-data: true\nseq_length: 512\nlr: 0.01\n")
-    config = load_config(["--config", str(config_file), "--lr", "0.5"])
+    config_file.write_text(text)
+    return load_config(["--config", str(config_file), *argv])
+
+
+def test_flags_override_yaml(tmp_path):
+    config = from_yaml(tmp_path, "preset: tiny\nmock-data: true\nseq_length: 512\nlr: 0.01\n", "--lr", "0.5")
     assert (config.batch.seq_length, config.optim.lr, config.data.mock_data) == (512, 0.5, True)
 
 
 def test_unknown_yaml_key_is_named(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown key 'learning_rate' in .*run.yaml"):
-        load_config(["--config", str(config_file)])
+        from_yaml(tmp_path, "mock_data: true\nlearning_rate: 0.1\n")
 
 
 def test_unknown_flag_is_an_error(capsys):
@@ -47,47 +50,36 @@ def test_model_overrides_are_json(tmp_path):
 
 
 def test_yaml_numbers_in_e_notation_become_floats(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nlr: 1e-3\n")
-    assert load_config(["--config", str(config_file)]).optim.lr == 0.001
+    assert from_yaml(tmp_path, "mock_data: true\nlr: 1e-3\n").optim.lr == 0.001
 
 
 def test_a_value_of_the_wrong_type_names_the_key(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\ntrain_iters: many\n")
     with pytest.raises(ValueError, match="'train_iters' .* 'many'.*expected int"):
-        load_config(["--config", str(config_file)])
+        from_yaml(tmp_path, "mock_data: true\ntrain_iters: many\n")
 
 
 def test_a_flag_can_unfreeze_what_the_yaml_froze(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nfreeze_vision: true\n")
-    assert load_config(["--config", str(config_file), "--no-freeze-vision"]).model.freeze_vision is False
+    config = from_yaml(tmp_path, "mock_data: true\nfreeze_vision: true\n", "--no-freeze-vision")
+    assert config.model.freeze_vision is False
 
 
 def test_yaml_nests_by_section_or_uses_flat_names(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nparallel: {tensor_model_parallel_size: 2}\nseq_length: 256\n"
-                           "batch: {micro_batch_size: 2}\nmodel_overrides: {reduction.kind: none}\n")
-    config = load_config(["--config", str(config_file)])
+    config = from_yaml(tmp_path, "mock_data: true\nparallel: {tensor_model_parallel_size: 2}\nseq_length: 256\n"
+                                 "batch: {micro_batch_size: 2}\nmodel_overrides: {reduction.kind: none}\n")
     assert (config.parallel.tensor_model_parallel_size, config.batch.seq_length, config.batch.micro_batch_size) \
         == (2, 256, 2)
     assert config.model.overrides == {"reduction.kind": "none"}
 
 
 def test_an_unknown_key_inside_a_section_is_named(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nparallel: {tensor_parallel: 2}\n")
     with pytest.raises(ValueError, match="unknown key 'tensor_parallel' in section 'parallel'"):
-        load_config(["--config", str(config_file)])
+        from_yaml(tmp_path, "mock_data: true\nparallel: {tensor_parallel: 2}\n")
 
 
 def test_a_choice_not_offered_is_named(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nloss_weighting: tokens\n")
     message = r"'loss_weighting' .* 'tokens'; expected one of \['token', 'sample', 'square'\]"
     with pytest.raises(ValueError, match=message):
-        load_config(["--config", str(config_file)])
+        from_yaml(tmp_path, "mock_data: true\nloss_weighting: tokens\n")
 
 
 def test_a_section_may_be_given_as_json_and_a_single_flag_wins(tmp_path):
@@ -97,18 +89,14 @@ def test_a_section_may_be_given_as_json_and_a_single_flag_wins(tmp_path):
 
 def test_paths_may_name_environment_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_ROOT", "/lustre/prepared")
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("tokenizer: ${TOKENIZER:-tok.model}\ndata: {paths: [\"${DATA_ROOT}/medical\"]}\n")
-    config = load_config(["--config", str(config_file)])
+    config = from_yaml(tmp_path, "tokenizer: ${TOKENIZER:-tok.model}\ndata: {paths: [\"${DATA_ROOT}/medical\"]}\n")
     assert (config.data.paths, config.data.tokenizer) == (("/lustre/prepared/medical",), "tok.model")
 
 
 def test_an_unset_variable_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("mock_data: true\nsave: ${NOT_SET_ANYWHERE}/ckpt\n")
     with pytest.raises(ValueError, match=r"\$\{NOT_SET_ANYWHERE\}, which is not set"):
-        load_config(["--config", str(config_file)])
+        from_yaml(tmp_path, "mock_data: true\nsave: ${NOT_SET_ANYWHERE}/ckpt\n")
 
 
 def test_packing_is_a_positive_option_with_a_no_flag():
