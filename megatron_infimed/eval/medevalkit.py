@@ -52,7 +52,7 @@ import difflib
 from collections.abc import Mapping
 
 from megatron_infimed.eval.questions import Question
-from megatron_infimed.eval.scoring import QuestionScore, TokenOverlap, token_overlap
+from megatron_infimed.eval.scoring import QuestionScore, Rules, score_with
 
 # Applied in this order, each to what the previous one left.
 MARKERS = ("**answer**:", "**answer**", "*answer*:", "**answer:**", "answer is", "answer:", "答案:",
@@ -157,17 +157,10 @@ def extract_choice(prediction: str, options: Mapping[str, str]) -> str:
     return max(texts, key=lambda option: _similarity(option[0], response))[1]  # max keeps the first on a tie
 
 
+RULES = Rules(choice=extract_choice, open=open_correct, yes_no=closed_correct, closed=closed_exact,
+              is_yes_no=lambda gold: gold.lower() in ("yes", "no"))
+
+
 def score_question(question: Question, prediction: str | None) -> QuestionScore:
-    """``scoring.score_question`` with MedEvalKit's rules; ``prediction=None`` is wrong."""
-    if question.type == "choice":
-        extracted = None if prediction is None else extract_choice(prediction, question.options)
-        return QuestionScore(correct=extracted == question.answer, extracted=extracted)
-    if prediction is None:
-        zero = TokenOverlap(0.0, 0.0, 0.0) if question.type == "open" else None
-        return QuestionScore(correct=False, overlap=zero)
-    if question.type == "open":
-        return QuestionScore(correct=open_correct(prediction, question.answer),
-                             overlap=token_overlap(prediction, question.answer))
-    if question.answer.lower() in ("yes", "no"):
-        return QuestionScore(correct=closed_correct(prediction, question.answer))
-    return QuestionScore(correct=closed_exact(prediction, question.answer))
+    """``scoring.score_with`` MedEvalKit's rules; ``prediction=None`` is wrong."""
+    return score_with(RULES, question, prediction)

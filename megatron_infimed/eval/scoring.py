@@ -20,7 +20,7 @@ A missing prediction (``None``) is wrong and scores zero on every metric.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from megatron_infimed.eval.questions import Question
@@ -107,17 +107,41 @@ class QuestionScore:
     extracted: str | None = None  # choice questions only: the letter read from the prediction
 
 
-def score_question(question: Question, prediction: str | None) -> QuestionScore:
-    """Apply the rule for ``question.type``; ``prediction=None`` (no prediction given) is wrong."""
+@dataclass(frozen=True)
+class Rules:
+    """How a prediction is judged, one rule per kind of question: these strict rules (``STRICT``)
+    or MedEvalKit's (``eval/medevalkit.py:RULES``). Each takes (prediction, gold)."""
+
+    choice: Callable[[str, Mapping[str, str]], str | None]  # the option letter read from a prediction
+    open: Callable[[str, str], bool]
+    yes_no: Callable[[str, str], bool]  # closed questions whose gold is yes or no
+    closed: Callable[[str, str], bool]  # the other closed questions
+    is_yes_no: Callable[[str], bool]  # does a gold answer say yes or no
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(gold)
+
+
+STRICT = Rules(choice=extract_choice, open=exact_match, yes_no=closed_correct, closed=exact_match,
+               is_yes_no=lambda gold: normalize_answer(gold) in ("yes", "no"))
+
+
+def score_with(rules: Rules, question: Question, prediction: str | None) -> QuestionScore:
+    """Apply ``rules``' rule for ``question.type``; ``prediction=None`` (no prediction given) is wrong."""
     if question.type == "choice":
-        extracted = None if prediction is None else extract_choice(prediction, question.options)
+        extracted = None if prediction is None else rules.choice(prediction, question.options)
         return QuestionScore(correct=extracted == question.answer, extracted=extracted)
     if prediction is None:
         zero = TokenOverlap(0.0, 0.0, 0.0) if question.type == "open" else None
         return QuestionScore(correct=False, overlap=zero)
-    exact = normalize_answer(prediction) == normalize_answer(question.answer)
     if question.type == "open":
-        return QuestionScore(correct=exact, overlap=token_overlap(prediction, question.answer))
-    if normalize_answer(question.answer) in ("yes", "no"):
-        return QuestionScore(correct=closed_correct(prediction, question.answer))
-    return QuestionScore(correct=exact)
+        return QuestionScore(correct=rules.open(prediction, question.answer),
+                             overlap=token_overlap(prediction, question.answer))
+    closed = rules.yes_no if rules.is_yes_no(question.answer) else rules.closed
+    return QuestionScore(correct=closed(prediction, question.answer))
+
+
+def score_question(question: Question, prediction: str | None) -> QuestionScore:
+    """``score_with`` the strict rules."""
+    return score_with(STRICT, question, prediction)
